@@ -1,0 +1,1 @@
+"""bertforge: see what BERT pretraining does."""

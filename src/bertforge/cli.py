@@ -1,0 +1,101 @@
+"""What the `pipelines/*.py` entry points share: override checks, error reporting, the summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from bertforge.config import Config, to_config
+from bertforge.errors import BertforgeError
+
+EXIT_BAD_INPUT = 2
+SUMMARY_METRICS = {
+    "tokenizer": ("vocab_size", "unk_rate", "tokens_per_word", "train_seconds"),
+    "pretrain_data": ("train_examples", "validation_examples", "mean_length"),
+    "pretrain": (
+        "val_loss_mlm", "val_mlm_accuracy", "val_loss_nsp", "val_nsp_accuracy",
+        "train_loss_first", "train_loss_last", "tokens_per_s", "train_seconds",
+    ),
+}  # fmt: skip
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def unknown_key_message(key: str) -> str | None:
+    """Why `key` (dotted, from a command-line override) is not in the schema, or None if it is."""
+    node: type = Config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            where = ".".join(parts[:depth]) or "the top level"
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            return (
+                f"unknown config key '{key}'{hint}; keys under {where}: {', '.join(sorted(fields))}"
+            )
+        field_type = fields[part].default_factory if depth < len(parts) - 1 else None
+        if field_type is None or not dataclasses.is_dataclass(field_type):
+            return None  # a leaf (or a non-dataclass container): Hydra checks the rest
+        node = field_type
+    return None
+
+
+def check_overrides(argv: Sequence[str] | None = None) -> None:
+    """Fail fast, listing the allowed keys, when a `key=value` override names no config key."""
+    args = sys.argv[1:] if argv is None else argv
+    for arg in args:
+        if arg.startswith(("-", "+", "~", "hydra.", "hydra/")) or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0].split("@", 1)[0]
+        if message := unknown_key_message(key):
+            fail(message)
+
+
+def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Convert the config, run the stages, print the summary; bad input exits with status 2."""
+    from bertforge.stages import Pipeline
+
+    try:
+        config = to_config(cfg)
+        pipeline = Pipeline(config)
+        results = pipeline.run(only)
+    except BertforgeError as exc:
+        fail(str(exc))
+    except OmegaConfBaseException as exc:
+        fail(str(exc).splitlines()[0])
+    print_summary(results, Path(config.paths.outputs))
+    return {r.stage: r.artifact.metrics for r in results}
+
+
+def print_summary(results, outputs: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="bertforge pipeline")
+    for column in ("stage", "status", "seconds", "key metrics", "artifact"):
+        table.add_column(column, overflow="fold")
+    wandb_runs = []
+    for r in results:
+        metrics = r.artifact.metrics
+        shown = [f"{k}={metrics[k]:.4g}" for k in SUMMARY_METRICS.get(r.stage, ()) if k in metrics]
+        status = "reused" if r.artifact.reused else "built"
+        table.add_row(r.stage, status, f"{r.seconds:.1f}", "\n".join(shown), str(r.artifact.path))
+        if run := r.artifact.manifest.get("wandb_run"):
+            wandb_runs.append(run)
+    console = Console(width=160)
+    console.print(table)
+    if wandb_runs:
+        console.print("W&B runs (offline ones upload with `wandb sync <dir>`):")
+        for run in wandb_runs:
+            console.print(f"  {run}")
+    console.print(f"artifacts: {outputs / 'artifacts'}")

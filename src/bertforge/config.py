@@ -1,0 +1,269 @@
+"""Typed config schemas, registered with Hydra's ConfigStore.
+
+`conf/config.yaml` starts its defaults list with `config_schema`, so every YAML file merges onto
+these dataclasses: a misspelt key or a wrongly typed value fails while Hydra composes. The entry
+points convert the composed DictConfig once (`to_config`); nothing below them sees a DictConfig.
+Value checks that types cannot express live in `__post_init__` and raise `ConfigError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from bertforge.errors import ConfigError
+
+STAGES = ("tokenizer", "pretrain")
+
+
+def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+@dataclass
+class PathsConfig:
+    outputs: str = "outputs"  # every file a run writes goes below this directory
+
+
+@dataclass
+class CorpusConfig:
+    """Pretraining text. `source` is set by the chosen `corpus=` group option."""
+
+    source: str = "embedded"  # embedded | text_files | hf_dataset
+    path: str | None = None  # text_files: file, directory or glob; hf_dataset: local path
+    name: str | None = None  # hf_dataset: dataset name on the hub (or a local directory)
+    config_name: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    max_documents: int | None = None  # keep only the first N documents (quick runs)
+
+    def __post_init__(self) -> None:
+        check_choice("corpus.source", self.source, ("embedded", "text_files", "hf_dataset"))
+        if self.source == "text_files" and not self.path:
+            raise ConfigError("corpus=text_files needs corpus.path=<file, directory or glob>")
+        if self.source == "hf_dataset" and not (self.name or self.path):
+            raise ConfigError("corpus=hf_dataset needs corpus.name=<dataset> or corpus.path=<dir>")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise ConfigError("corpus.max_documents must be >= 1 (or null for all documents)")
+
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 8000
+    min_frequency: int = 2
+    lowercase: bool = True
+    strip_accents: bool = True  # removes combining marks only: Hangul syllables stay whole
+    unicode_normalization: str = "NFC"  # NFC | NFKC | none
+    limit_alphabet: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.vocab_size <= len(SPECIAL_TOKENS):
+            raise ConfigError(
+                f"tokenizer.vocab_size={self.vocab_size} leaves no room beside the "
+                f"{len(SPECIAL_TOKENS)} special tokens; use a value above {len(SPECIAL_TOKENS)}"
+            )
+        if self.min_frequency < 1:
+            raise ConfigError("tokenizer.min_frequency must be >= 1")
+        check_choice(
+            "tokenizer.unicode_normalization", self.unicode_normalization, ("NFC", "NFKC", "none")
+        )
+
+
+@dataclass
+class ModelConfig:
+    """Encoder shape (Turc et al. presets in conf/model/). The vocabulary size comes from the
+    tokenizer artifact."""
+
+    name: str = "bert_tiny"
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    intermediate_size: int = 512
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"model.hidden_size={self.hidden_size} is not divisible by "
+                f"model.num_attention_heads={self.num_attention_heads}; choose a hidden size "
+                "that is a multiple of the head count"
+            )
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key} must be >= 1")
+
+
+@dataclass
+class PretrainConfig:
+    objective: str = "mlm_nsp"  # mlm_nsp | mlm_only
+    mask_rate: float = 0.15
+    max_seq_length: int = 128
+    short_seq_prob: float = 0.1  # share of examples with a shorter random target length
+    dupe_factor: int = 2  # passes over the corpus with different NSP pairings
+    max_steps: int = 600
+    global_batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-6
+    gradient_clip_val: float = 1.0
+    # Below: how the run is watched, not what it computes (left out of the artifact hash).
+    val_check_interval: int = 100
+    limit_val_batches: int = 20
+    checkpoint_every_n_steps: int = 100
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("pretrain.objective", self.objective, ("mlm_nsp", "mlm_only"))
+        if not 0.0 < self.mask_rate < 1.0:
+            raise ConfigError(
+                f"pretrain.mask_rate={self.mask_rate} must lie strictly between 0 and 1 "
+                "(BERT uses 0.15)"
+            )
+        if self.max_seq_length < 8:
+            raise ConfigError(
+                f"pretrain.max_seq_length={self.max_seq_length} is too short for "
+                "[CLS] A [SEP] B [SEP]; use at least 8"
+            )
+        for key in ("max_steps", "global_batch_size", "dupe_factor"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"pretrain.{key} must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"pretrain.lr={self.lr} must be positive")
+
+
+TASK_NAMES = (
+    "bbc_news",
+    "cola",
+    "sst2",
+    "mrpc",
+    "stsb",
+    "qqp",
+    "mnli",
+    "qnli",
+    "rte",
+    "wnli",
+    "local_files",
+)
+
+
+@dataclass
+class TaskConfig:
+    """A GLUE-style fine-tuning task; `name` is set by the chosen `task=` group option."""
+
+    name: str = "bbc_news"
+    source: str = "local"  # GLUE only: local (task.data_dir) | hub (nyu-mll/glue)
+    data_dir: str | None = None  # GLUE root holding <TASK>/train.tsv and <TASK>/dev.tsv
+    hub_name: str = "nyu-mll/glue"
+    train_file: str | None = None  # local_files: csv / tsv / jsonl / parquet
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_columns: list[str] = field(default_factory=list)  # local_files: one or two columns
+    label_column: str = "label"
+    task_type: str = "classification"  # local_files: classification | regression
+    label_names: list[str] | None = None  # local_files: given, or discovered from train
+    max_examples: int | None = None  # cap every split (quick runs and tests)
+
+    def __post_init__(self) -> None:
+        check_choice("task.name", self.name, TASK_NAMES)
+        check_choice("task.source", self.source, ("local", "hub"))
+        check_choice("task.task_type", self.task_type, ("classification", "regression"))
+        if self.name == "local_files" and not (self.train_file and self.validation_file):
+            raise ConfigError(
+                "task=local_files needs task.train_file=<file> and task.validation_file=<file>"
+            )
+        if self.name == "local_files" and len(self.text_columns) not in (1, 2):
+            raise ConfigError(
+                "task=local_files needs task.text_columns=[col] or [col_a,col_b] (one or two)"
+            )
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    enable_progress_bar: bool = True
+    progress_refresh_rate: int = 10  # redraw every N steps: drawing every step costs throughput
+    log_every_n_steps: int = 10
+
+    def __post_init__(self) -> None:
+        check_choice(
+            "trainer.precision",
+            self.precision,
+            ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
+        )
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking. CSV metrics are written in every case."""
+
+    backend: str = "wandb"  # wandb | csv | tensorboard | none
+    project: str = "bertforge"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online (online needs WANDB_API_KEY or a login)
+    group: str | None = None  # default: the pipeline run's name
+    tags: list[str] = field(default_factory=list)
+    log_artifacts: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("logger.backend", self.backend, ("wandb", "csv", "tensorboard", "none"))
+        check_choice("logger.mode", self.mode, ("offline", "online", "disabled"))
+
+
+@dataclass
+class Config:
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    seed: int = 42
+    force: bool = False  # rebuild the selected stages even if a complete artifact exists
+    run_name: str | None = None  # names the pipeline run (W&B group); default: time stamp
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        for stage in self.stages:
+            check_choice("stages", stage, STAGES)
+        if self.pretrain.max_seq_length > self.model.max_position_embeddings:
+            raise ConfigError(
+                f"pretrain.max_seq_length={self.pretrain.max_seq_length} exceeds "
+                f"model.max_position_embeddings={self.model.max_position_embeddings}; "
+                "lower the sequence length or raise the position table"
+            )
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def to_config(cfg: DictConfig | Config) -> Config:
+    """Convert Hydra's composed DictConfig into the typed `Config` (runs every `__post_init__`)."""
+    if isinstance(cfg, Config):
+        return cfg
+    # Hydra's own node is not part of the schema.
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), container))
+
+
+register_configs()

