@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,10 +64,12 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
 
 def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Convert the config, run the stages, print the summary; bad input exits with status 2."""
-    from bertforge.stages import Pipeline
-
+    # Lightning prints through its own handler; don't print its records twice via Hydra's.
+    logging.getLogger("lightning.pytorch").propagate = False
     try:
         config = to_config(cfg)
+        from bertforge.stages import Pipeline  # heavy imports only once the config is valid
+
         pipeline = Pipeline(config)
         results = pipeline.run(only)
     except BertforgeError as exc:
@@ -90,8 +93,7 @@ def print_summary(results, outputs: Path) -> None:
         shown = [f"{k}={metrics[k]:.4g}" for k in SUMMARY_METRICS.get(r.stage, ()) if k in metrics]
         status = "reused" if r.artifact.reused else "built"
         table.add_row(r.stage, status, f"{r.seconds:.1f}", "\n".join(shown), str(r.artifact.path))
-        if run := r.artifact.manifest.get("wandb_run"):
-            wandb_runs.append(run)
+        wandb_runs += [run for run in r.artifact.manifest.get("wandb_runs", []) if run]
     console = Console(width=160)
     console.print(table)
     if wandb_runs:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bertforge.errors import ConfigError
 
-STAGES = ("tokenizer", "pretrain")
+STAGES = ("tokenizer", "pretrain", "finetune")
 
 
 def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
@@ -192,6 +192,101 @@ class TaskConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    init: str = "pretrained"  # pretrained (our pretrain artifact) | hf (finetune.hf_model) | random
+    hf_model: str | None = None  # local directory or hub name of an HF BERT checkpoint
+    seeds: list[int] = field(default_factory=lambda: [42])
+    max_epochs: int = 4
+    max_steps: int = -1  # > 0 caps the steps of each seed's run (quick runs, tests)
+    global_batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    gradient_clip_val: float = 1.0
+    max_seq_length: int = 128
+    early_stopping_patience: int = 2
+    # Below: how the run is watched and what is exported, not what it computes (unhashed).
+    num_workers: int = 0
+    sample_predictions: int = 32  # rows of the W&B sample-prediction table
+    export: bool = True  # write an HF BertForSequenceClassification directory
+
+    def __post_init__(self) -> None:
+        check_choice("finetune.init", self.init, ("pretrained", "hf", "random"))
+        if self.init == "hf" and not self.hf_model:
+            raise ConfigError(
+                "finetune.init=hf needs finetune.hf_model=<local dir or hub name of a BERT model>"
+            )
+        if not self.seeds:
+            raise ConfigError("finetune.seeds is empty; give at least one seed, e.g. [42]")
+        if self.max_epochs < 1 and self.max_steps < 1:
+            raise ConfigError("set finetune.max_epochs >= 1 or finetune.max_steps >= 1")
+        if self.global_batch_size < 1:
+            raise ConfigError("finetune.global_batch_size must be >= 1")
+        if self.max_seq_length < 4:
+            raise ConfigError(f"finetune.max_seq_length={self.max_seq_length} must be >= 4")
+
+
+@dataclass
+class ExtractConfig:
+    source: str = "finetune"  # finetune | pretrain (our artifacts) | hf (extract.hf_model)
+    hf_model: str | None = None
+    dataset: str = "task"  # task (a split of `task`) | corpus (documents of `corpus`)
+    split: str = "test"
+    pooling: str = "cls"  # cls | mean (padding-aware)
+    layers: list[int] = field(default_factory=lambda: [-1])
+    words: list[str] = field(default_factory=list)  # token-level contextual embeddings
+    max_examples: int | None = None
+    max_seq_length: int = 128
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        check_choice("extract.source", self.source, ("finetune", "pretrain", "hf"))
+        check_choice("extract.dataset", self.dataset, ("task", "corpus"))
+        check_choice("extract.pooling", self.pooling, ("cls", "mean"))
+        if self.source == "hf" and not self.hf_model:
+            raise ConfigError("extract.source=hf needs extract.hf_model=<dir or hub name>")
+        if not self.layers:
+            raise ConfigError("extract.layers is empty; give at least one layer, e.g. [-1]")
+
+
+@dataclass
+class VisualizeConfig:
+    method: str = "tsne"  # tsne | umap | pca
+    tsne_backend: str = "opentsne"  # opentsne | sklearn
+    perplexity: float = 30.0
+    learning_rate: float | None = None  # None: openTSNE's / sklearn's "auto" (N / 12)
+    n_iter: int = 750
+    early_exaggeration: float = 12.0
+    early_exaggeration_iter: int = 250
+    init: str = "pca"  # pca | random
+    dof: float = 1.0  # Student-t degrees of freedom in 2-D: 1 is t-SNE, large -> SNE-like
+    snapshots: list[int] = field(default_factory=lambda: [250, 500])
+    compare_dof: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0])
+    compare_methods: bool = True  # the t-SNE | UMAP | PCA panel
+    umap_n_neighbors: int = 15
+    umap_min_dist: float = 0.1
+    layer: int = -1  # which extracted layer to lay out
+    knn_k: int = 10
+    attention_sentences: list[str] = field(
+        default_factory=lambda: [
+            "I like to watch football on the weekend.",
+            "The bank raised interest rates to fight inflation.",
+        ]
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("visualize.method", self.method, ("tsne", "umap", "pca"))
+        check_choice("visualize.tsne_backend", self.tsne_backend, ("opentsne", "sklearn"))
+        check_choice("visualize.init", self.init, ("pca", "random"))
+        if self.perplexity <= 0:
+            raise ConfigError(f"visualize.perplexity={self.perplexity} must be positive")
+        if self.dof <= 0:
+            raise ConfigError(f"visualize.dof={self.dof} must be positive (1 is t-SNE)")
+
+
+@dataclass
 class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
@@ -238,6 +333,8 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 

@@ -92,9 +92,14 @@ def run_pretraining(cfg: Config, ctx: BuildContext, loggers: StageLoggers) -> di
     export_hf(module.model, bert_config, export_dir)
     for name in TOKENIZER_FILES:
         shutil.copy2(tokenizer_dir / name, export_dir / name)
-    curves = plot_training_curves(ctx.path / "logs" / "metrics.csv", ctx.path / "loss_curves.png")
+    curves = plot_training_curves(loggers.csv_path, ctx.path / "loss_curves.png")
     loggers.log_image("pretrain/loss_curves", ctx.path / "loss_curves.png")
-    loggers.log_artifact(export_dir, f"bert-{ctx.hash}", "model", uses=[])
+    loggers.log_artifact(
+        export_dir,
+        f"bert-{ctx.hash}",
+        "model",
+        uses=[f"tokenizer-{ctx.upstream['tokenizer'].hash}:latest"],
+    )
 
     metrics = {key.replace("/", "_"): value for key, value in final.items()}
     metrics |= curves

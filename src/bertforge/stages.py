@@ -1,7 +1,7 @@
 """The stage graph: one method per stage, each resolving its upstream through the artifact store.
 
-    tokenizer ──► pretrain_data ──► pretrain
-        └────────────────────────────┘
+    tokenizer ──► pretrain_data ──► pretrain ──► finetune
+        └────────────────────────────┴─────────────┘
 
 Every stage hashes the config slice that determines its result (plus upstream hashes), reuses a
 complete artifact with that hash, or builds it under a lock. Asking for `pretrain` alone builds
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 PRETRAIN_UNHASHED = (
     "val_check_interval", "limit_val_batches", "checkpoint_every_n_steps", "num_workers"
 )  # fmt: skip
+FINETUNE_UNHASHED = ("num_workers", "sample_predictions", "export")
 PRETRAIN_DATA_KEYS = ("objective", "max_seq_length", "short_seq_prob", "dupe_factor")
 
 
@@ -70,7 +71,7 @@ class Pipeline:
         self.results[stage] = StageResult(stage, artifact, time.perf_counter() - started)
         return artifact
 
-    def _loggers(self, ctx: BuildContext, config: dict[str, Any]) -> StageLoggers:
+    def _loggers(self, ctx: BuildContext, config: dict[str, Any], suffix: str = "") -> StageLoggers:
         loggers = StageLoggers(
             self.cfg.logger,
             stage=ctx.stage,
@@ -78,8 +79,9 @@ class Pipeline:
             artifact_dir=ctx.path,
             outputs=self.outputs,
             config={"stage_hash": ctx.hash, "seed": self.cfg.seed, **config},
+            run_suffix=suffix,
         )
-        ctx.extra["wandb_run"] = loggers.wandb_run_path
+        ctx.extra.setdefault("wandb_runs", []).append(loggers.wandb_run_path)
         return loggers
 
     # -- stages -----------------------------------------------------------------------------
@@ -157,6 +159,31 @@ class Pipeline:
 
         with self._loggers(ctx, config) as loggers:
             return run_pretraining(self.cfg, ctx, loggers)
+
+    def finetune(self) -> Artifact:
+        from bertforge.finetuning import run_finetuning
+
+        f = self.cfg.finetune
+        finetune = {k: v for k, v in asdict(f).items() if k not in FINETUNE_UNHASHED}
+        config = {
+            "task": asdict(self.cfg.task),
+            "finetune": finetune,
+            "precision": self.cfg.trainer.precision,
+        }
+        upstream: dict[str, Artifact] = {}
+        if f.init == "pretrained":
+            upstream = {"tokenizer": self.tokenizer(), "pretrain": self.pretrain()}
+        elif f.init == "random":
+            upstream = {"tokenizer": self.tokenizer()}
+            config["model"] = asdict(self.cfg.model)
+        return self._build(
+            "finetune",
+            config,
+            upstream,
+            lambda ctx: run_finetuning(
+                self.cfg, ctx, lambda suffix: self._loggers(ctx, config, suffix)
+            ),
+        )
 
 
 def split_texts(documents) -> tuple[list[str], list[str]]:

@@ -62,7 +62,7 @@ class BuildContext:
     hash: str
     path: Path
     upstream: dict[str, Artifact]
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"wandb_run": "entity/proj/id"}
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"wandb_runs": [...]}
 
 
 def config_hash(config: Mapping[str, Any], upstream: Mapping[str, str]) -> str:

@@ -55,13 +55,21 @@ class StageLoggers:
         artifact_dir: Path,
         outputs: Path,
         config: dict[str, Any],
+        run_suffix: str = "",
     ) -> None:
+        """`run_suffix` tells apart several runs of one stage execution (e.g. "seed42"): each
+        gets its own W&B run `<group>-<stage>-<suffix>` and CSV directory `logs/<suffix>`."""
         self.cfg = cfg
         self.stage = stage
-        self.loggers: list[Logger] = [CSVLogger(save_dir=artifact_dir, name="logs", version="")]
+        self.name = f"{group}-{stage}" + (f"-{run_suffix}" if run_suffix else "")
+        self.loggers: list[Logger] = [
+            CSVLogger(save_dir=artifact_dir, name="logs", version=run_suffix)
+        ]
         self.wandb: WandbLogger | None = None
         if cfg.backend == "tensorboard":
-            self.loggers.append(TensorBoardLogger(save_dir=artifact_dir, name="tensorboard"))
+            self.loggers.append(
+                TensorBoardLogger(save_dir=artifact_dir, name="tensorboard", version=run_suffix)
+            )
         elif cfg.backend == "wandb":
             self.wandb = self._start_wandb(group, outputs, config)
             if self.wandb is not None:
@@ -78,7 +86,7 @@ class StageLoggers:
             entity=self.cfg.entity,
             group=group,
             job_type=self.stage,
-            name=f"{group}-{self.stage}",
+            name=self.name,
             tags=[*self.cfg.tags, self.stage],
             save_dir=str(outputs),
             config=config,
@@ -102,6 +110,10 @@ class StageLoggers:
             logger = WandbLogger(mode="offline", **kwargs)
             _ = logger.experiment
             return logger
+
+    @property
+    def csv_path(self) -> Path:
+        return Path(self.loggers[0].log_dir) / "metrics.csv"
 
     @property
     def wandb_run_path(self) -> str | None:

@@ -36,6 +36,8 @@ def make_trainer(
         save_top_k=0,
         every_n_train_steps=checkpoint_every_n_steps,
     )
+    if cfg.enable_progress_bar:
+        callbacks = [TQDMProgressBar(refresh_rate=cfg.progress_refresh_rate), *callbacks]
     return pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -53,5 +55,5 @@ def make_trainer(
         enable_model_summary=False,
         default_root_dir=root_dir,
         logger=loggers,
-        callbacks=[checkpoint, TQDMProgressBar(refresh_rate=cfg.progress_refresh_rate), *callbacks],
+        callbacks=[checkpoint, *callbacks],
     )

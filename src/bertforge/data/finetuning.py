@@ -1,0 +1,142 @@
+"""Fine-tuning data: the tokenizer of a checkpoint, encoded sentence (pair) examples, padding.
+
+Pairs become `[CLS] A [SEP] B [SEP]` with token types 0 for `[CLS] A [SEP]` and 1 for `B [SEP]`
+(the tokenizer's post-processor); the longer segment is trimmed first to `max_seq_length`.
+Batches are padded to their longest row only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from torch.utils.data import DataLoader
+
+from bertforge.errors import DataError
+from bertforge.tasks import Example, TaskData
+from bertforge.tokenizer import CLS, PAD, SEP, TOKENIZER_FILE, UNK, VOCAB_FILE, load_tokenizer
+
+
+def wordpiece_from_vocab(vocab_file: Path, lowercase: bool) -> Tokenizer:
+    """A BERT WordPiece tokenizer for a checkpoint that ships only vocab.txt."""
+    tok = Tokenizer(models.WordPiece.from_file(str(vocab_file), unk_token=UNK))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    missing = [t for t in (CLS, SEP, PAD) if tok.token_to_id(t) is None]
+    if missing:
+        raise DataError(f"{vocab_file} lacks {', '.join(missing)}; it is not a BERT vocabulary")
+    cls_id, sep_id = tok.token_to_id(CLS), tok.token_to_id(SEP)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}",
+        pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+        special_tokens=[(CLS, cls_id), (SEP, sep_id)],
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def load_checkpoint_tokenizer(directory: Path) -> Tokenizer:
+    """tokenizer.json of a checkpoint directory, else one built from its vocab.txt (lowercased
+    unless its tokenizer_config.json says `do_lower_case: false`)."""
+    directory = Path(directory)
+    if (directory / TOKENIZER_FILE).is_file():
+        return load_tokenizer(directory)
+    if not (directory / VOCAB_FILE).is_file():
+        raise DataError(
+            f"{directory} has neither {TOKENIZER_FILE} nor {VOCAB_FILE}; add the tokenizer files "
+            "of the checkpoint (save_pretrained() of its tokenizer)"
+        )
+    config_file = directory / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    return wordpiece_from_vocab(directory / VOCAB_FILE, config.get("do_lower_case", True))
+
+
+def encode_examples(
+    tokenizer: Tokenizer, examples: list[Example], max_seq_length: int
+) -> list[dict[str, list[int] | int | float]]:
+    """Rows of `input_ids`, `token_type_ids` (with special tokens, unpadded) and `label`."""
+    tok = Tokenizer.from_str(tokenizer.to_str())  # a copy: truncation and padding are settings
+    tok.no_padding()
+    tok.enable_truncation(max_seq_length, strategy="longest_first")
+    inputs = [e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in examples]
+    return [
+        {"input_ids": enc.ids, "token_type_ids": enc.type_ids, "label": e.label}
+        for e, enc in zip(examples, tok.encode_batch(inputs), strict=True)
+    ]
+
+
+class PaddingCollator:
+    """Pads rows to the batch's longest; labels are long (classes) or float (regression)."""
+
+    def __init__(self, pad_id: int, regression: bool) -> None:
+        self.pad_id = pad_id
+        self.label_dtype = torch.float if regression else torch.long
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        lengths = torch.tensor([len(row["input_ids"]) for row in rows])
+        batch, width = len(rows), int(lengths.max())
+        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        token_type_ids = torch.zeros((batch, width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : lengths[i]] = torch.as_tensor(row["input_ids"])
+            token_type_ids[i, : lengths[i]] = torch.as_tensor(row["token_type_ids"])
+        return {
+            "input_ids": input_ids,
+            "token_type_ids": token_type_ids,
+            "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long(),
+            "labels": torch.tensor([row["label"] for row in rows], dtype=self.label_dtype),
+        }
+
+
+class FinetuningDataModule(pl.LightningDataModule):
+    """Train on "train", validate on "validation", test on the task's eval split(s)."""
+
+    def __init__(
+        self,
+        task: TaskData,
+        tokenizer: Tokenizer,
+        max_seq_length: int,
+        batch_size: int,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.task = task
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        pad_id = tokenizer.token_to_id(PAD)
+        if pad_id is None:
+            raise DataError(f"the tokenizer has no {PAD} token; it is not a BERT tokenizer")
+        self.collator = PaddingCollator(pad_id, task.task_type == "regression")
+        self.encoded: dict[str, list[dict]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.encoded:  # Lightning calls setup for fit and again for test
+            needed = {"train", "validation", *self.task.eval_splits}
+            self.encoded = {
+                split: encode_examples(self.tokenizer, self.task.splits[split], self.max_seq_length)
+                for split in needed
+            }
+
+    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.encoded[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("validation")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.loader(split) for split in self.task.eval_splits]

@@ -1,0 +1,107 @@
+"""The fine-tuning LightningModule: a sequence head trained with cross-entropy or MSE.
+
+Validation metrics (`val/<metric>`) are computed every epoch on the task's "validation" split;
+the test loop reports `eval/<metric><postfix>` for each eval split and keeps the predictions.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bertforge.errors import TrainingDivergedError
+from bertforge.lit.optim import configure_adamw
+from bertforge.model import BertForSequenceClassification
+from bertforge.tasks import TaskData, build_metrics
+
+
+class FinetuningModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: BertForSequenceClassification,
+        task: TaskData,
+        *,
+        lr: float,
+        weight_decay: float,
+        adam_betas: tuple[float, float],
+        adam_eps: float,
+        warmup_steps: int,
+        total_steps: int,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "task"])
+        self.model = model
+        self.regression = task.task_type == "regression"
+        self.val_metrics = build_metrics(task, prefix="val/", split="validation")
+        self.eval_splits = task.eval_splits
+        self.eval_metrics = nn.ModuleList(
+            build_metrics(task, prefix="eval/", split=split) for split in self.eval_splits
+        )
+        # Per eval split, one tensor per test batch: class probabilities (B, C) or scores (B,).
+        self.predictions: dict[str, list[torch.Tensor]] = {}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(
+            batch["input_ids"],
+            token_type_ids=batch["token_type_ids"],
+            attention_mask=batch["attention_mask"],
+        ).logits  # (B, num_labels)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.regression:
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        return F.cross_entropy(logits.float(), labels)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the metrics take: scores (B,) float, or class indices (B,) long."""
+        return logits.squeeze(-1).float() if self.regression else logits.argmax(-1)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch), batch["labels"])
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"the fine-tuning loss became {loss.item()} at step {self.global_step}; lower "
+                f"finetune.lr (now {self.hparams.lr})"
+            )
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, batch_size=batch_size, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch)
+        batch_size = batch["input_ids"].shape[0]
+        self.log("val/loss", self.loss(logits, batch["labels"]), batch_size=batch_size)
+        self.val_metrics.update(self.predict(logits), batch["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.predictions = {split: [] for split in self.eval_splits}
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0):
+        logits = self(batch)
+        self.eval_metrics[dataloader_idx].update(self.predict(logits), batch["labels"])
+        outputs = self.predict(logits) if self.regression else logits.float().softmax(-1)
+        self.predictions[self.eval_splits[dataloader_idx]].append(outputs.cpu())
+
+    def on_test_epoch_end(self) -> None:
+        for metrics in self.eval_metrics:
+            self.log_dict(metrics.compute(), add_dataloader_idx=False)
+            metrics.reset()
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        return configure_adamw(
+            self.model,
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            betas=hp.adam_betas,
+            eps=hp.adam_eps,
+            warmup_steps=hp.warmup_steps,
+            total_steps=hp.total_steps,
+        )

@@ -1,0 +1,67 @@
+"""Shared test set-up: offline environment, config composition, tiny overrides, shared data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.update(
+    HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true"
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A pipeline that runs in seconds: few documents, small vocabulary, a handful of steps.
+TINY = [
+    "corpus.max_documents=120",
+    "tokenizer.vocab_size=800",
+    "pretrain.max_seq_length=64",
+    "pretrain.max_steps=6",
+    "pretrain.global_batch_size=8",
+    "pretrain.val_check_interval=3",
+    "pretrain.limit_val_batches=2",
+    "pretrain.checkpoint_every_n_steps=3",
+    "finetune.max_steps=6",
+    "finetune.global_batch_size=8",
+    "task.max_examples=48",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=2",
+]
+
+
+def compose(*overrides: str, outputs: Path | None = None):
+    """The typed Config for these overrides, as the entry points build it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from bertforge.config import to_config
+
+    extra = [f"paths.outputs={outputs}"] if outputs is not None else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return to_config(hydra_compose("config", overrides=[*overrides, *extra]))
+
+
+def run_entry_point(script: str, *overrides: str, timeout: float = 300):
+    """Run `pipelines/<script>` in a subprocess; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / script), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def requires_shared_data(*parts: str) -> Path:
+    """The path under ../shared/data, or skip the test (a user's fresh clone has none)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared/data ships with the team's checkout only)")
+    return path

@@ -1,0 +1,102 @@
+"""Config composition, typed schemas and start-up errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from bertforge.cli import unknown_key_message
+from bertforge.config import Config
+from bertforge.errors import ConfigError
+from conftest import CONF, compose, run_entry_point
+
+GROUP_OPTIONS = {
+    group.name: sorted(p.stem for p in group.glob("*.yaml"))
+    for group in CONF.iterdir()
+    if group.is_dir() and group.name not in ("hydra", "experiment", "hparams_search")
+}
+REQUIRED = {  # options that need a key the user must give
+    ("corpus", "text_files"): ["corpus.path=some/dir"],
+    ("corpus", "hf_dataset"): ["corpus.name=wikitext", "corpus.config_name=wikitext-2-raw-v1"],
+    ("task", "local_files"): [
+        "task.train_file=a.csv",
+        "task.validation_file=b.csv",
+        "task.text_columns=[text]",
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(group, option) for group, options in GROUP_OPTIONS.items() for option in options],
+)
+def test_every_config_file_composes(group, option):
+    cfg = compose(f"{group}={option}", *REQUIRED.get((group, option), []))
+    assert isinstance(cfg, Config)
+
+
+def test_model_presets_match_turc_et_al():
+    expected = {
+        "bert_tiny": (2, 128, 2), "bert_mini": (4, 256, 4), "bert_small": (4, 512, 8),
+        "bert_medium": (8, 512, 8), "bert_base": (12, 768, 12), "bert_large": (24, 1024, 16),
+    }  # fmt: skip
+    for name, (layers, hidden, heads) in expected.items():
+        m = compose(f"model={name}").model
+        assert (m.num_hidden_layers, m.hidden_size, m.num_attention_heads) == (
+            layers,
+            hidden,
+            heads,
+        )
+        assert m.intermediate_size == 4 * hidden
+    assert compose().model.name == "bert_tiny"
+
+
+def test_unknown_key_names_the_allowed_keys():
+    message = unknown_key_message("pretrain.mask_rat")
+    assert "did you mean 'mask_rate'" in message
+    assert "max_steps" in message and "objective" in message
+    assert unknown_key_message("pretrain.mask_rate") is None
+    assert unknown_key_message("model") is None  # a group switch
+    assert "keys under the top level" in unknown_key_message("sed")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["model.hidden_size=130", "model.num_attention_heads=4"], "not divisible"),
+        (["pretrain.mask_rate=0"], "pretrain.mask_rate"),
+        (["pretrain.mask_rate=1.5"], "strictly between 0 and 1"),
+        (["pretrain.max_seq_length=1024"], "model.max_position_embeddings"),
+        (["pretrain.max_seq_length=1"], "at least 8"),
+        (["tokenizer.vocab_size=4"], "special tokens"),
+        (["pretrain.objective=mlm"], "mlm_nsp, mlm_only"),
+        (["stages=[tokenizer,pretrian]"], "stages='pretrian' is not one of"),
+        (["finetune.init=hf"], "finetune.hf_model"),
+    ],
+)
+def test_bad_values_fail_at_start_up(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        compose(*overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["pretrain.mask_rat=0.2"], "unknown config key 'pretrain.mask_rat'"),
+        (["pretrain.mask_rate=2"], "pretrain.mask_rate=2.0 must lie strictly between"),
+        (["model.hidden_size=130", "model.num_attention_heads=4"], "model.num_attention_heads=4"),
+    ],
+)
+def test_entry_point_reports_one_line_and_exits_2(overrides, fragment, tmp_path):
+    result = run_entry_point("run.py", *overrides, f"paths.outputs={tmp_path}", timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_unknown_group_option_lists_the_presets(tmp_path):
+    result = run_entry_point("run.py", "model=bert_huge", f"paths.outputs={tmp_path}", timeout=120)
+    assert result.returncode != 0
+    assert "bert_huge" in result.stderr
+    for preset in GROUP_OPTIONS["model"]:
+        assert preset in result.stderr
