@@ -10,8 +10,8 @@ from bertforge.cli import check_overrides, run_pipeline
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    run_pipeline(cfg, only=["tokenizer"])
+def main(cfg: DictConfig) -> float | None:
+    return run_pipeline(cfg, only=["tokenizer"])
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ def attention_maps(
     return list(encoding.tokens), probs.float().cpu().numpy()
 
 
-def _heatmap(ax, matrix: np.ndarray, tokens: list[str], x_labels: bool, y_labels: bool):
-    image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0)
+def _heatmap(ax, matrix, tokens: list[str], vmax: float, x_labels: bool, y_labels: bool):
+    image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=vmax)
     ticks = np.arange(len(tokens))
     ax.set_xticks(ticks, tokens if x_labels else [], rotation=90, fontsize=7)
     ax.set_yticks(ticks, tokens if y_labels else [], fontsize=7)
@@ -47,6 +47,7 @@ def _heatmap(ax, matrix: np.ndarray, tokens: list[str], x_labels: bool, y_labels
 def plot_attention_grid(tokens: list[str], probs: np.ndarray, path: Path, title: str) -> Path:
     """One heat map per (layer, head): rows are layers, columns heads; y = query, x = key."""
     L, nh, T, _ = probs.shape
+    vmax = float(probs.max())  # one colour scale for all panels
     side = max(1.6, CELL_INCHES * T)
     fig, axes = plt.subplots(
         L, nh, figsize=(side * nh + 1.5, side * L + 1.0), squeeze=False, layout="constrained"
@@ -54,7 +55,7 @@ def plot_attention_grid(tokens: list[str], probs: np.ndarray, path: Path, title:
     for layer in range(L):
         for head in range(nh):
             ax = axes[layer, head]
-            image = _heatmap(ax, probs[layer, head], tokens, layer == L - 1, head == 0)
+            image = _heatmap(ax, probs[layer, head], tokens, vmax, layer == L - 1, head == 0)
             ax.set_title(f"layer {layer + 1} · head {head + 1}", fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
     fig.suptitle(title)
@@ -66,6 +67,8 @@ def plot_attention_average(
 ) -> Path:
     """The head-averaged attention of each layer, tick labels on every panel."""
     L, _, T, _ = probs.shape
+    means = probs.mean(axis=1)  # (L, T, T)
+    vmax = float(means.max())
     cols = min(L, 4)
     rows = math.ceil(L / cols)
     side = max(2.5, CELL_INCHES * T + 1.0)
@@ -80,7 +83,7 @@ def plot_attention_average(
         if layer >= L:
             ax.axis("off")
             continue
-        image = _heatmap(ax, probs[layer].mean(0), tokens, True, True)
+        image = _heatmap(ax, means[layer], tokens, vmax, True, True)
         ax.set_title(f"layer {layer + 1}", fontsize=9)
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
     fig.suptitle(title)

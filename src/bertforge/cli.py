@@ -13,6 +13,13 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from bertforge.config import Config, to_config
+from bertforge.distributed import (
+    end_distributed_job,
+    export_submitit_environment,
+    is_rank_zero,
+    launched_externally,
+    patch_lightning_hydra_relaunch,
+)
 from bertforge.errors import BertforgeError
 
 EXIT_BAD_INPUT = 2
@@ -62,22 +69,60 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
             fail(message)
 
 
-def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> dict[str, dict[str, float]]:
-    """Convert the config, run the stages, print the summary; bad input exits with status 2."""
+def hydra_run_name() -> str | None:
+    """The Hydra run or sweep directory as a name ("multirun-2026-11-29-12-00-00")."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    directory = Path(hydra_cfg.sweep.dir if multirun else hydra_cfg.runtime.output_dir)
+    return "-".join(("sweep" if multirun else "run", directory.parent.name, directory.name))
+
+
+def objective(config: Config, results) -> float | None:
+    """The value of `optimized_metric` ("<stage>/<metric>") for Hydra sweepers such as Optuna."""
+    if not config.optimized_metric:
+        return None
+    stage, _, metric = config.optimized_metric.partition("/")
+    metrics = {r.stage: r.artifact.metrics for r in results}
+    if metric not in metrics.get(stage, {}):
+        fail(
+            f"optimized_metric={config.optimized_metric} was not produced; "
+            f"{stage} has: {', '.join(sorted(metrics.get(stage, {})))}"
+        )
+    return metrics[stage][metric]
+
+
+def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None:
+    """Convert the config, run the stages, print the summary; bad input exits with status 2.
+
+    Returns the `optimized_metric` value (None when unset), which `@hydra.main` hands to sweepers.
+    """
     # Lightning prints through its own handler; don't print its records twice via Hydra's.
     logging.getLogger("lightning.pytorch").propagate = False
+    own_ranks = not launched_externally()  # ranks this process starts are ended with its job
     try:
         config = to_config(cfg)
+        config.run_name = config.run_name or hydra_run_name()
         from bertforge.stages import Pipeline  # heavy imports only once the config is valid
 
-        pipeline = Pipeline(config)
-        results = pipeline.run(only)
+        patch_lightning_hydra_relaunch()
+        export_submitit_environment()
+        results = Pipeline(config).run(only)
     except BertforgeError as exc:
         fail(str(exc))
     except OmegaConfBaseException as exc:
         fail(str(exc).splitlines()[0])
+    finally:
+        if own_ranks:
+            end_distributed_job()
+    if not is_rank_zero():
+        return None
     print_summary(results, Path(config.paths.outputs))
-    return {r.stage: r.artifact.metrics for r in results}
+    return objective(config, results)
 
 
 def print_summary(results, outputs: Path) -> None:

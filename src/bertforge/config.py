@@ -124,6 +124,7 @@ class PretrainConfig:
     val_check_interval: int = 100
     limit_val_batches: int = 20
     checkpoint_every_n_steps: int = 100
+    micro_batch_size: int | None = None  # per device and step; None: global / world size
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -208,6 +209,7 @@ class FinetuneConfig:
     max_seq_length: int = 128
     early_stopping_patience: int = 2
     # Below: how the run is watched and what is exported, not what it computes (unhashed).
+    micro_batch_size: int | None = None  # per device and step; None: global / world size
     num_workers: int = 0
     sample_predictions: int = 32  # rows of the W&B sample-prediction table
     export: bool = True  # write an HF BertForSequenceClassification directory
@@ -327,7 +329,8 @@ class Config:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     seed: int = 42
     force: bool = False  # rebuild the selected stages even if a complete artifact exists
-    run_name: str | None = None  # names the pipeline run (W&B group); default: time stamp
+    run_name: str | None = None  # names the pipeline run (W&B group); default: Hydra's run dir
+    optimized_metric: str | None = None  # "<stage>/<metric>" returned to sweepers (Optuna)
     paths: PathsConfig = field(default_factory=PathsConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

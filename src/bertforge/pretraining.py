@@ -17,7 +17,7 @@ from bertforge.data.pretraining import (
 )
 from bertforge.hf import export_hf
 from bertforge.lit.pretrain import PretrainingModule
-from bertforge.lit.trainer import last_checkpoint, make_trainer
+from bertforge.lit.trainer import batch_plan, last_checkpoint, make_trainer
 from bertforge.model import BertConfig, num_parameters
 from bertforge.plots import plot_training_curves
 from bertforge.store import BuildContext
@@ -68,8 +68,11 @@ def run_pretraining(cfg: Config, ctx: BuildContext, loggers: StageLoggers) -> di
         max_steps=p.max_steps,
     )
     collator = MaskedLanguageModelingCollator(special, bert_config.vocab_size, p.mask_rate)
+    micro_batch, accumulate = batch_plan(
+        p.global_batch_size, cfg.trainer, p.micro_batch_size, "pretrain"
+    )
     data = PretrainingDataModule(
-        ctx.upstream["pretrain_data"].path, collator, p.global_batch_size, p.num_workers
+        ctx.upstream["pretrain_data"].path, collator, micro_batch, p.num_workers
     )
     trainer = make_trainer(
         cfg.trainer,
@@ -79,6 +82,7 @@ def run_pretraining(cfg: Config, ctx: BuildContext, loggers: StageLoggers) -> di
         val_check_interval=min(p.val_check_interval, p.max_steps),
         limit_val_batches=p.limit_val_batches,
         gradient_clip_val=p.gradient_clip_val,
+        accumulate_grad_batches=accumulate,
         checkpoint_every_n_steps=p.checkpoint_every_n_steps,
     )
     trainer.fit(module, datamodule=data, ckpt_path=last_checkpoint(ctx.path))
@@ -106,7 +110,8 @@ def run_pretraining(cfg: Config, ctx: BuildContext, loggers: StageLoggers) -> di
     metrics |= {
         "parameters": num_parameters(module.model),
         "steps": trainer.global_step,
-        "tokens_per_s": module.tokens_seen / max(module.train_seconds, 1e-9),
+        # every rank sees as many tokens as rank 0, on average
+        "tokens_per_s": module.tokens_seen * trainer.world_size / max(module.train_seconds, 1e-9),
         "train_seconds": module.train_seconds,
     }
     return metrics

@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 # Keys of `pretrain` that change how a run is watched, not what it computes.
 PRETRAIN_UNHASHED = (
-    "val_check_interval", "limit_val_batches", "checkpoint_every_n_steps", "num_workers"
+    "val_check_interval", "limit_val_batches", "checkpoint_every_n_steps", "micro_batch_size",
+    "num_workers",
 )  # fmt: skip
-FINETUNE_UNHASHED = ("num_workers", "sample_predictions", "export")
+DISTRIBUTED_STAGES = ("pretrain", "finetune")  # their builders train with every rank
+FINETUNE_UNHASHED = ("micro_batch_size", "num_workers", "sample_predictions", "export")
 PRETRAIN_DATA_KEYS = ("objective", "max_seq_length", "short_seq_prob", "dupe_factor")
 
 
@@ -66,7 +68,12 @@ class Pipeline:
             return self.results[stage].artifact
         started = time.perf_counter()
         artifact = self.store.build(
-            stage, config, upstream, builder, force=self.cfg.force and stage in self.cfg.stages
+            stage,
+            config,
+            upstream,
+            builder,
+            force=self.cfg.force and stage in self.cfg.stages,
+            distributed=stage in DISTRIBUTED_STAGES,
         )
         self.results[stage] = StageResult(stage, artifact, time.perf_counter() - started)
         return artifact

@@ -29,6 +29,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from bertforge.distributed import global_rank, is_rank_zero
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -135,18 +137,25 @@ class ArtifactStore:
         builder: Callable[[BuildContext], Mapping[str, float]],
         force: bool = False,
         lock_timeout: float = -1,
+        distributed: bool = False,
     ) -> Artifact:
         """Reuse the complete artifact for this config, or build it under a lock.
 
         `builder(ctx)` writes its files into `ctx.path` and returns flat numeric metrics; the
         manifest is written after it returns. Concurrent callers with the same hash wait on the
         lock and then reuse what the first one built.
+
+        Only global rank 0 builds and writes manifests. On other ranks a `distributed` stage
+        (one whose builder trains with all ranks) runs its builder alongside rank 0 without lock
+        or manifest; any other stage is waited for until rank 0 has completed it.
         """
         upstream_hashes = {name: art.hash for name, art in upstream.items()}
         hash_ = config_hash(config, upstream_hashes)
         if not force and (found := self.lookup(stage, hash_)):
             log.info("reusing %s artifact %s (%s)", stage, hash_, found.path)
             return found
+        if not is_rank_zero():
+            return self._follow_rank_zero(stage, hash_, upstream, builder, distributed)
 
         lock_dir = self.root / stage / ".locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
@@ -177,3 +186,14 @@ class ArtifactStore:
             }
             write_json_atomic(path / MANIFEST, manifest)
         return Artifact(stage, hash_, path, manifest, reused=False)
+
+    def _follow_rank_zero(self, stage, hash_, upstream, builder, distributed) -> Artifact:
+        path = self.path_for(stage, hash_)
+        if distributed:
+            path.mkdir(parents=True, exist_ok=True)
+            builder(BuildContext(stage, hash_, path, dict(upstream)))
+            return Artifact(stage, hash_, path, {"metrics": {}}, reused=False)
+        log.info("rank %d waits for rank 0 to build %s %s", global_rank(), stage, hash_)
+        while (found := self.lookup(stage, hash_)) is None:
+            time.sleep(0.5)
+        return found

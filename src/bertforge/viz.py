@@ -1,9 +1,9 @@
 """2-D layouts of embeddings (t-SNE, UMAP, PCA), numbers that say how faithful they are, figures.
 
-t-SNE runs on openTSNE (FFT-accelerated gradients; snapshots during optimisation; the
-Student-t degrees of freedom `dof`) or on scikit-learn's TSNE. `visualize.n_iter` counts every
-update, the early-exaggeration phase included, as scikit-learn's `max_iter` does: the defaults
-(750 with 250 exaggerated) are openTSNE's 250 + 500.
+t-SNE runs on openTSNE (Barnes-Hut gradients below 10k points, FFT-accelerated above;
+snapshots during optimisation; the Student-t degrees of freedom `dof`) or on scikit-learn's
+TSNE. `visualize.n_iter` counts every update, the early-exaggeration phase included, as
+scikit-learn's `max_iter` does: the defaults (750 with 250 exaggerated) are openTSNE's 250 + 500.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Layout:
             "umap": ("n_neighbors", "min_dist"),
             "pca": ("explained_variance",),
         }[self.method]
-        details = ", ".join(f"{key} {self.params[key]:g}" for key in shown)
+        details = ", ".join(f"{key} {self.params[key]:.3g}" for key in shown)
         return f"{METHOD_NAMES[self.method]} ({details})"
 
 
@@ -123,7 +123,7 @@ def _tsne_opentsne(X: np.ndarray, cfg: VisualizeConfig, seed: int, n_jobs: int) 
         early_exaggeration=cfg.early_exaggeration,
         dof=cfg.dof,
         initialization=cfg.init,
-        negative_gradient_method="fft",
+        negative_gradient_method="auto",  # Barnes-Hut below 10k points (faster there), FFT above
         n_jobs=n_jobs,
         random_state=seed,
     )
@@ -313,11 +313,11 @@ def layout_quality(
 # --- figures ------------------------------------------------------------------------------------
 
 
-def _groups(labels, label_names) -> list[tuple[str, np.ndarray]]:
-    """(legend name, row mask) per label; one unnamed group without labels."""
+def _groups(n: int, labels, label_names) -> list[tuple[str, np.ndarray]]:
+    """(legend name, row mask) per label of the `n` points; one unnamed group without labels."""
     coded = label_codes(labels)
     if coded is None:
-        return [("", np.ones(len(labels) if labels is not None else 0, dtype=bool))]
+        return [("", np.ones(n, dtype=bool))]
     codes, uniques = coded
     names = [
         label_names[u] if label_names is not None and isinstance(u, int) else str(u)
@@ -385,7 +385,7 @@ def plot_scatter(
 ) -> Path:
     """A scatter plot coloured by label (integer labels are named by `label_names`), with a
     legend and the quality numbers in a text box."""
-    groups = _groups(labels, label_names)
+    groups = _groups(len(xy), labels, label_names)
     fig, ax = plt.subplots(figsize=(8, 6.5), layout="constrained")
     _draw(ax, np.asarray(xy), groups)
     ax.set_title(title, fontsize=10)
@@ -401,7 +401,7 @@ def plot_scatter(
 def _plot_panels(
     panels: list[tuple[str, np.ndarray]], labels, label_names, title: str, path: Path
 ) -> Path:
-    groups = _groups(labels, label_names)
+    groups = _groups(len(panels[0][1]), labels, label_names)
     width = 4.3 * len(panels) + 1.6
     fig, axes = plt.subplots(
         1, len(panels), figsize=(width, 4.8), squeeze=False, layout="constrained"

@@ -106,13 +106,15 @@ class PretrainingModule(pl.LightningModule):
         out = self.losses(batch)
         batch_size = batch["input_ids"].shape[0]
         self.val_mlm_accuracy(out["mlm_logits"], out["mlm_targets"])
-        self.log("val/loss_mlm", out["loss_mlm"], batch_size=batch_size)
-        self.log("val/mlm_accuracy", self.val_mlm_accuracy, batch_size=batch_size)
+        self.log("val/loss_mlm", out["loss_mlm"], batch_size=batch_size, sync_dist=True)
+        self.log("val/mlm_accuracy", self.val_mlm_accuracy, batch_size=batch_size, sync_dist=True)
         if self.nsp:
             self.val_nsp_accuracy(out["nsp_logits"], batch["next_sentence_label"])
-            self.log("val/loss_nsp", out["loss_nsp"], batch_size=batch_size)
-            self.log("val/nsp_accuracy", self.val_nsp_accuracy, batch_size=batch_size)
-        self.log("val/loss", out["loss"], batch_size=batch_size, prog_bar=True)
+            self.log("val/loss_nsp", out["loss_nsp"], batch_size=batch_size, sync_dist=True)
+            self.log(
+                "val/nsp_accuracy", self.val_nsp_accuracy, batch_size=batch_size, sync_dist=True
+            )
+        self.log("val/loss", out["loss"], batch_size=batch_size, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
