@@ -7,11 +7,11 @@ import json
 import shutil
 
 import pytest
-from conftest import TINY, compose, run_entry_point
-from wandb_offline import read_offline_run
 
 from bertforge.stages import Pipeline
 from bertforge.store import MANIFEST
+from conftest import TINY, compose, run_entry_point
+from wandb_offline import read_offline_run
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
 STEPS = ["pretrain.max_steps=8", "pretrain.global_batch_size=16", "pretrain.val_check_interval=8"]
@@ -45,6 +45,6 @@ def test_ddp_matches_single_process_and_only_rank_zero_writes(tmp_path):
     (run_dir,) = (ddp / "runs").glob("*/*")
     assert {p.name for p in run_dir.glob("*.log")} == {"pretrain.log", "pretrain_rank1.log"}
     assert not (ddp / "multirun").exists()
-    runs = [p for p in (ddp / "wandb").glob("offline-run-*")]
+    runs = list((ddp / "wandb").glob("offline-run-*"))
     stages = [read_offline_run(p)["run"].job_type for p in runs]
     assert stages == ["pretrain"]
