@@ -23,6 +23,7 @@ from bertforge.distributed import (
 from bertforge.errors import BertforgeError
 
 EXIT_BAD_INPUT = 2
+HYDRA_ONLY_GROUPS = ("experiment", "hparams_search")  # conf/ groups that only set other keys
 SUMMARY_METRICS = {
     "tokenizer": ("vocab_size", "unk_rate", "tokens_per_word", "train_seconds"),
     "pretrain_data": ("train_examples", "validation_examples", "mean_length"),
@@ -65,6 +66,8 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
         if arg.startswith(("-", "+", "~", "hydra.", "hydra/")) or "=" not in arg:
             continue
         key = arg.split("=", 1)[0].split("@", 1)[0]
+        if key in HYDRA_ONLY_GROUPS:
+            continue
         if message := unknown_key_message(key):
             fail(message)
 
@@ -122,7 +125,21 @@ def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None
     if not is_rank_zero():
         return None
     print_summary(results, Path(config.paths.outputs))
+    record_job(results)
     return objective(config, results)
+
+
+def record_job(results) -> None:
+    """Write `pipeline.json` into the Hydra job directory, for `pipelines/report.py`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from bertforge.report import write_job_record
+
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        write_job_record(
+            Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task), results
+        )
 
 
 def print_summary(results, outputs: Path) -> None:

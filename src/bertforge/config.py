@@ -331,6 +331,9 @@ class Config:
     force: bool = False  # rebuild the selected stages even if a complete artifact exists
     run_name: str | None = None  # names the pipeline run (W&B group); default: Hydra's run dir
     optimized_metric: str | None = None  # "<stage>/<metric>" returned to sweepers (Optuna)
+    report_metrics: list[str] = field(  # "<stage>/<metric>" columns of a multirun's report
+        default_factory=lambda: ["pretrain/val_loss_mlm", "finetune/eval_accuracy"]
+    )
     paths: PathsConfig = field(default_factory=PathsConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

@@ -146,6 +146,7 @@ def _tsne_opentsne(X: np.ndarray, cfg: VisualizeConfig, seed: int, n_jobs: int) 
 
 def _tsne_sklearn(X: np.ndarray, cfg: VisualizeConfig, seed: int, n_jobs: int) -> Layout:
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     tsne = TSNE(
         perplexity=cfg.perplexity,
@@ -156,7 +157,8 @@ def _tsne_sklearn(X: np.ndarray, cfg: VisualizeConfig, seed: int, n_jobs: int) -
         random_state=seed,
         n_jobs=n_jobs,
     )
-    xy = tsne.fit_transform(X)
+    with threadpool_limits(n_jobs, user_api="openmp"):  # its gradient threads ignore n_jobs
+        xy = tsne.fit_transform(X)
     return Layout(xy, "tsne", kl_divergence=float(tsne.kl_divergence_))
 
 
