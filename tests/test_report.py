@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
 from bertforge.errors import DataError
 from bertforge.report import JOB_FILE, collect, write_report
+from conftest import REPO
 
 
 def fake_sweep(tmp_path, jobs):
