@@ -73,9 +73,8 @@ def test_sentence_embeddings_files_shapes_and_metadata(bert, tokenizer, tmp_path
 
     assert result["n"] == len(SENTENCES) and result["hidden_size"] == 32
     assert result["layers"] == [0, 2] and result["sentences_per_s"] > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "embeddings.json", "layer_0.npy", "layer_2.npy", "metadata.jsonl"
-    ]  # fmt: skip
+    files = ["embeddings.json", "layer_0.npy", "layer_2.npy", "metadata.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == files  # no temporary files left
     for path in result["paths"].values():  # real .npy files, float32, (N, H)
         array = np.load(path, mmap_mode="r")
         assert array.dtype == np.float32 and array.shape == (len(SENTENCES), 32)

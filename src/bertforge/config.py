@@ -271,6 +271,8 @@ class VisualizeConfig:
     umap_min_dist: float = 0.1
     layer: int = -1  # which extracted layer to lay out
     knn_k: int = 10
+    quality_max_points: int = 5000  # quality numbers on a fixed subsample beyond this
+    n_jobs: int = 2
     attention_sentences: list[str] = field(
         default_factory=lambda: [
             "I like to watch football on the weekend.",
@@ -286,6 +288,30 @@ class VisualizeConfig:
             raise ConfigError(f"visualize.perplexity={self.perplexity} must be positive")
         if self.dof <= 0:
             raise ConfigError(f"visualize.dof={self.dof} must be positive (1 is t-SNE)")
+        if self.n_iter <= self.early_exaggeration_iter:
+            raise ConfigError(
+                f"visualize.n_iter={self.n_iter} counts all updates, the "
+                f"early_exaggeration_iter={self.early_exaggeration_iter} included; make it larger"
+            )
+        late = [s for s in self.snapshots if not 0 < s <= self.n_iter]
+        if late:
+            raise ConfigError(
+                f"visualize.snapshots={list(self.snapshots)} has {late} outside 1..n_iter="
+                f"{self.n_iter}; pick update counts within the run"
+            )
+        if self.tsne_backend == "sklearn":
+            fix = "or use visualize.tsne_backend=opentsne"
+            if self.dof != 1:
+                raise ConfigError(f"sklearn's TSNE has no dof; set visualize.dof=1 {fix}")
+            if self.snapshots:
+                raise ConfigError(
+                    f"sklearn's TSNE gives no snapshots; set visualize.snapshots=[] {fix}"
+                )
+            if self.early_exaggeration_iter != 250:
+                raise ConfigError(
+                    "sklearn's TSNE exaggerates for 250 updates; set "
+                    f"visualize.early_exaggeration_iter=250 {fix}"
+                )
 
 
 @dataclass

@@ -93,7 +93,7 @@ class StageLoggers:
             # Console capture and system-metric sampling cost up to half the throughput of a small
             # model on 2 cores (measured); metrics, config, media and artifacts are unaffected.
             settings=wandb.Settings(
-                init_timeout=60, silent=True, console="off", x_disable_stats=True
+                init_timeout=30, silent=True, console="off", x_disable_stats=True
             ),
         )
         mode = resolve_wandb_mode(self.cfg)
@@ -101,11 +101,12 @@ class StageLoggers:
             logger = WandbLogger(mode=mode, **kwargs)
             _ = logger.experiment  # start the run now, so a failure is caught here
             return logger
-        except Exception as exc:
+        except Exception as exc:  # the service being away must not end the run
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if mode == "offline":
-                warnings.warn(f"W&B could not start ({exc}); metrics go to CSV only", stacklevel=2)
+                warnings.warn(f"W&B could not start ({reason}); CSV metrics only", stacklevel=2)
                 return None
-            warnings.warn(f"W&B unreachable ({exc}); logging offline instead", stacklevel=2)
+            warnings.warn(f"W&B unreachable ({reason}); logging offline instead", stacklevel=2)
             wandb.finish()
             logger = WandbLogger(mode="offline", **kwargs)
             _ = logger.experiment
