@@ -31,6 +31,16 @@ SUMMARY_METRICS = {
         "val_loss_mlm", "val_mlm_accuracy", "val_loss_nsp", "val_nsp_accuracy",
         "train_loss_first", "train_loss_last", "tokens_per_s", "train_seconds",
     ),
+    "finetune": (
+        "eval_accuracy", "eval_accuracy_std", "eval_f1", "eval_f1_std", "eval_mcc",
+        "eval_mcc_std", "eval_pearson", "eval_pearson_std", "eval_spearman",
+        "eval_accuracy_matched", "eval_accuracy_mismatched", "train_seconds",
+    ),
+    "extract": ("sentences", "hidden_size", "sentences_per_s"),
+    "visualize": (
+        "trustworthiness", "knn_accuracy_2d", "knn_accuracy_hd", "silhouette_2d", "kl_divergence",
+        "umap_knn_accuracy_2d", "pca_knn_accuracy_2d",
+    ),
 }  # fmt: skip
 
 
@@ -162,4 +172,7 @@ def print_summary(results, outputs: Path) -> None:
         console.print("W&B runs (offline ones upload with `wandb sync <dir>`):")
         for run in wandb_runs:
             console.print(f"  {run}")
+    for r in results:
+        for name, path in r.artifact.manifest.get("figures", {}).items():
+            console.print(f"figure {name}: {path}")
     console.print(f"artifacts: {outputs / 'artifacts'}")

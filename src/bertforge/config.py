@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bertforge.errors import ConfigError
 
-STAGES = ("tokenizer", "pretrain", "finetune")
+STAGES = ("tokenizer", "pretrain", "finetune", "extract", "visualize")
 
 
 def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
@@ -367,6 +367,8 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 

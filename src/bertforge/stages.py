@@ -30,6 +30,7 @@ PRETRAIN_UNHASHED = (
     "num_workers",
 )  # fmt: skip
 DISTRIBUTED_STAGES = ("pretrain", "finetune")  # their builders train with every rank
+VISUALIZE_UNHASHED = ("n_jobs",)
 FINETUNE_UNHASHED = ("micro_batch_size", "num_workers", "sample_predictions", "export")
 PRETRAIN_DATA_KEYS = ("objective", "max_seq_length", "short_seq_prob", "dupe_factor")
 
@@ -191,6 +192,41 @@ class Pipeline:
                 self.cfg, ctx, lambda suffix: self._loggers(ctx, config, suffix)
             ),
         )
+
+    def _encoder_upstream(self) -> dict[str, Artifact]:
+        """The artifacts holding the model that `extract.source` names."""
+        source = self.cfg.extract.source
+        if source == "finetune":
+            return {"finetune": self.finetune()}
+        if source == "pretrain":
+            return {"tokenizer": self.tokenizer(), "pretrain": self.pretrain()}
+        return {}
+
+    def extract(self) -> Artifact:
+        from bertforge.extraction import run_extraction
+
+        e = self.cfg.extract
+        config: dict[str, Any] = {"extract": asdict(e)}
+        if e.dataset == "task":
+            config["task"] = asdict(self.cfg.task)
+        else:
+            config["corpus"] = asdict(self.cfg.corpus)
+        return self._build(
+            "extract", config, self._encoder_upstream(), lambda ctx: run_extraction(self.cfg, ctx)
+        )
+
+    def visualize(self) -> Artifact:
+        from bertforge.visualization import run_visualization
+
+        v = {k: x for k, x in asdict(self.cfg.visualize).items() if k not in VISUALIZE_UNHASHED}
+        config = {"visualize": v, "seed": self.cfg.seed}
+        upstream = {"extract": self.extract(), **self._encoder_upstream()}
+
+        def build(ctx: BuildContext) -> dict[str, float]:
+            with self._loggers(ctx, config) as loggers:
+                return run_visualization(self.cfg, ctx, loggers)
+
+        return self._build("visualize", config, upstream, build)
 
 
 def split_texts(documents) -> tuple[list[str], list[str]]:

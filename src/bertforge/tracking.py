@@ -131,6 +131,10 @@ class StageLoggers:
         if self.wandb is not None:
             self.wandb.log_image(key=key, images=[str(path)])
 
+    def log_table(self, key: str, columns: list[str], data: list[list]) -> None:
+        if self.wandb is not None:
+            self.wandb.log_table(key=key, columns=columns, data=data)
+
     def log_artifact(self, directory: Path, name: str, kind: str, uses: list[str] = ()) -> None:
         """Upload a directory as a W&B artifact; `uses` names upstream artifacts (lineage)."""
         if self.wandb is None or not self.cfg.log_artifacts:
