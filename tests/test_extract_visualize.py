@@ -1,0 +1,92 @@
+"""extract + visualize stages end to end: arrays, figures, quality numbers, W&B media, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY, compose
+
+from bertforge.embed import load_embeddings
+from bertforge.errors import ConfigError, DataError
+from bertforge.stages import Pipeline
+
+FAST_VIZ = [
+    "visualize.n_iter=300",
+    "visualize.early_exaggeration_iter=100",
+    "visualize.snapshots=[100,200]",
+    "visualize.perplexity=10",
+    "visualize.compare_methods=false",
+    "visualize.n_jobs=1",
+    "extract.words=[said,year]",
+]
+
+
+@pytest.fixture(scope="module")
+def visualized(tmp_path_factory):
+    outputs = tmp_path_factory.mktemp("outputs")
+    cfg = compose(*TINY, *FAST_VIZ, "extract.source=pretrain", "logger=wandb", outputs=outputs)
+    pipeline = Pipeline(cfg)
+    return pipeline.extract(), pipeline.visualize()
+
+
+def test_extract_writes_arrays_and_metadata(visualized):
+    extract, _ = visualized
+    X, rows = load_embeddings(extract.path / "sentences", layer=-1)
+    assert X.shape == (48, 128) and np.isfinite(X).all()  # TINY caps each split at 48
+    assert len(rows) == 48 and {"label", "split", "text"} <= set(rows[0])
+    assert rows[0]["split"] == "test"
+    words = [json.loads(line) for line in (extract.path / "words" / "metadata.jsonl").open()]
+    assert {w["word"] for w in words} == {"said", "year"}
+    assert extract.metrics["sentences"] == 48 and extract.metrics["occurrences_said"] > 0
+
+
+def test_visualize_writes_figures_and_quality_numbers(visualized):
+    _, visualize = visualized
+    for name in ("tsne", "tsne_snapshots", "tsne_dof", "words", "attention_0", "attention_0_mean"):
+        assert (visualize.path / f"{name}.png").stat().st_size > 10_000, name
+    metrics = visualize.metrics
+    for key in ("trustworthiness", "knn_accuracy_2d", "knn_accuracy_hd", "kl_divergence"):
+        assert key in metrics
+    assert 0.5 < metrics["trustworthiness"] <= 1.0
+    assert {"dof1_knn_accuracy_2d", "dof10_knn_accuracy_2d", "dof100_knn_accuracy_2d"} <= set(
+        metrics
+    )
+    assert metrics["dof1_trustworthiness"] == metrics["trustworthiness"]  # computed once
+
+
+def test_wandb_run_holds_images_and_points_table(visualized):
+    _, visualize = visualized
+    manifest = json.loads((visualize.path / "manifest.json").read_text())
+    (files,) = [Path(p) for p in manifest["wandb_runs"]]
+    assert list((files / "media" / "images").rglob("*.png"))
+    (table,) = list((files / "media" / "table").rglob("*.table.json"))
+    content = json.loads(table.read_text())
+    assert content["columns"] == ["x", "y", "label", "text"] and len(content["data"]) == 48
+
+
+def test_unknown_split_names_the_choices(tmp_path):
+    cfg = compose(
+        *TINY, *FAST_VIZ, "extract.source=pretrain", "extract.split=dev", outputs=tmp_path
+    )
+    with pytest.raises(DataError, match="choose one of train, validation, test"):
+        Pipeline(cfg).extract()
+
+
+def test_word_that_never_occurs_suggests_close_matches(tmp_path):
+    cfg = compose(
+        *TINY, *FAST_VIZ, "extract.source=pretrain", "extract.words=[goverment]", outputs=tmp_path
+    )
+    with pytest.raises(DataError, match="never occurs.*close matches: government"):
+        Pipeline(cfg).extract()
+
+
+def test_perplexity_too_large_for_the_points(tmp_path):
+    cfg = compose(
+        *TINY, *FAST_VIZ, "extract.source=pretrain", "extract.max_examples=12",
+        "visualize.perplexity=30", outputs=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="visualize.perplexity<=3.6|visualize.perplexity <="):
+        Pipeline(cfg).visualize()
