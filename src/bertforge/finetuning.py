@@ -33,7 +33,7 @@ from bertforge.data.finetuning import FinetuningDataModule, load_checkpoint_toke
 from bertforge.errors import ConfigError
 from bertforge.hf import export_hf, load_hf_state_dict, read_hf_checkpoint
 from bertforge.lit.finetune import FinetuningModule
-from bertforge.lit.trainer import make_trainer
+from bertforge.lit.trainer import batch_plan, make_trainer, world_size
 from bertforge.model import BertConfig, BertForSequenceClassification
 from bertforge.pretraining import (
     MODEL_CONFIG,
@@ -128,7 +128,10 @@ def starting_point(cfg: Config, ctx: BuildContext, task: TaskData) -> StartingPo
 def run_finetuning(
     cfg: Config, ctx: BuildContext, open_loggers: Callable[[str], StageLoggers]
 ) -> dict[str, float]:
-    """Fine-tune once per seed into `ctx.path`; return eval metrics as mean and std over seeds."""
+    """Fine-tune once per seed into `ctx.path`; return eval metrics as mean and std over seeds.
+
+    Under DDP every rank trains and evaluates; rank 0 alone writes (other ranks return {}).
+    """
     f = cfg.finetune
     task = load_task(cfg.task)
     start = starting_point(cfg, ctx, task)
@@ -137,23 +140,34 @@ def run_finetuning(
             f"finetune.max_seq_length={f.max_seq_length} exceeds the model's "
             f"max_position_embeddings={start.config.max_position_embeddings}; lower it"
         )
+    micro_batch, accumulate = batch_plan(
+        f.global_batch_size, cfg.trainer, f.micro_batch_size, "finetune"
+    )
+    data = FinetuningDataModule(task, start.tokenizer, f.max_seq_length, micro_batch, f.num_workers)
+    lineage = [f"{WANDB_NAMES[a.stage]}-{a.hash}:latest" for a in ctx.upstream.values()]
     rows = []
     for seed in f.seeds:
         with open_loggers(f"seed{seed}") as loggers:
-            module, row = train_seed(cfg, ctx, task, start, seed, loggers)
+            run = train_seed(cfg, ctx, task, start, data, accumulate, seed, loggers)
+            if run is None:  # not rank 0
+                continue
+            model, outputs, row = run
             rows.append(row)
-            report_predictions(task, module, seed, ctx.path, f.sample_predictions, loggers)
-            if seed == f.seeds[0]:
-                save_finetuned(module.model, task, ctx.path)
-            if seed == f.seeds[0] and f.export:
-                export_finetuned(module.model, task, start, ctx.path / "hf")
-                uses = [f"{WANDB_NAMES[a.stage]}-{a.hash}:latest" for a in ctx.upstream.values()]
-                loggers.log_artifact(ctx.path / "hf", f"finetuned-{ctx.hash}", "model", uses)
+            report_predictions(task, outputs, seed, ctx.path, f.sample_predictions, loggers)
+            if seed == f.seeds[0]:  # the first seed's model is the one kept
+                save_finetuned(model, task, ctx.path)
+                start.tokenizer.save(str(ctx.path / "tokenizer.json"))  # for extraction
+                if f.export:
+                    export_finetuned(model, task, start, ctx.path / "hf")
+                    loggers.log_artifact(ctx.path / "hf", f"finetuned-{ctx.hash}", "model", lineage)
             if seed == f.seeds[-1]:  # the summary goes into the last seed's run
                 summary = write_results(rows, task, ctx.path, f.init)
                 loggers.log_metrics({f"results/{k}": v for k, v in summary.items()})
                 if loggers.wandb is not None:
                     loggers.wandb.log_table("results", *results_table(rows))
+    if not rows:
+        return {}
+    shutil.rmtree(ctx.path / "training")
     return summary | {"train_seconds": sum(r["train_seconds"] for r in rows), "seeds": len(rows)}
 
 
@@ -162,15 +176,22 @@ def train_seed(
     ctx: BuildContext,
     task: TaskData,
     start: StartingPoint,
+    data: FinetuningDataModule,
+    accumulate: int,
     seed: int,
     loggers: StageLoggers,
-) -> tuple[FinetuningModule, dict[str, float]]:
-    """Train one seed, reload its best checkpoint and test it; (module, results row)."""
+) -> tuple[BertForSequenceClassification, dict[str, torch.Tensor], dict[str, float]] | None:
+    """Train one seed, reload its best checkpoint and evaluate it on the eval split(s).
+
+    Returns (best model, outputs per eval split, results row) on rank 0, None on other ranks.
+    """
     f = cfg.finetune
     pl.seed_everything(seed, workers=True, verbose=False)
     for logger in loggers.loggers:
         logger.log_hyperparams({"seed": seed})
-    steps_per_epoch = math.ceil(len(task.splits["train"]) / f.global_batch_size)
+    rank_examples = math.ceil(len(task.splits["train"]) / world_size(cfg.trainer))
+    batches_per_epoch = math.ceil(rank_examples / data.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
     total_steps = steps_per_epoch * f.max_epochs if f.max_epochs >= 1 else f.max_steps
     if f.max_steps > 0:
         total_steps = min(total_steps, f.max_steps)
@@ -184,13 +205,12 @@ def train_seed(
         warmup_steps=round(f.warmup_ratio * total_steps),
         total_steps=total_steps,
     )
-    data = FinetuningDataModule(
-        task, start.tokenizer, f.max_seq_length, f.global_batch_size, f.num_workers
-    )
     monitor = "val/" + main_metric(task.name, task.task_type)
-    work_dir = ctx.path / "training"
+    work_dir = ctx.path / "training" / f"seed{seed}"
     shutil.rmtree(work_dir, ignore_errors=True)  # an interrupted build's checkpoints
-    best = ModelCheckpoint(work_dir, "best", monitor=monitor, mode="max", save_top_k=1)
+    best = ModelCheckpoint(
+        work_dir, "best", monitor=monitor, mode="max", save_top_k=1, save_weights_only=True
+    )
     # A correlation of constant early predictions is NaN: count it as no improvement, go on.
     patience = f.early_stopping_patience
     stop = EarlyStopping(monitor, patience=patience, mode="max", check_finite=False)
@@ -200,22 +220,31 @@ def train_seed(
         loggers=loggers.loggers,
         max_steps=f.max_steps,
         max_epochs=f.max_epochs if f.max_epochs >= 1 else -1,
-        val_check_interval=min(steps_per_epoch, total_steps),  # every epoch, and at max_steps
+        # in batches: after every epoch, and at max_steps
+        val_check_interval=min(batches_per_epoch, total_steps * accumulate),
         gradient_clip_val=f.gradient_clip_val,
+        accumulate_grad_batches=accumulate,
         callbacks=[best, stop],
     )
-    if trainer.world_size > 1:
-        raise ConfigError(
-            "fine-tuning runs on one device (predictions are written in example order); set "
-            "trainer.devices=1 trainer.num_nodes=1"
-        )
     started = time.perf_counter()
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - started
-    results = trainer.test(module, datamodule=data, ckpt_path=best.best_model_path, verbose=False)
-    shutil.rmtree(work_dir)  # the best weights are in `module`; checkpoints are GBs for big models
-    metrics = {k.removeprefix("eval/"): v for result in results for k, v in result.items()}
-    return module, {"seed": seed, **metrics, "steps": trainer.global_step, "train_seconds": seconds}
+
+    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(checkpoint["state_dict"])
+    module.to(trainer.strategy.root_device)
+    # Under DDP every rank evaluates the whole split: torchmetrics gathers the ranks' states at
+    # compute(), and identical copies leave every metric unchanged.
+    metrics, outputs = {}, {}
+    for split in task.eval_splits:
+        split_metrics, outputs[split] = module.evaluate(data.loader(split), split)
+        metrics |= split_metrics
+    if not trainer.is_global_zero:
+        return None
+    loggers.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+    shutil.rmtree(work_dir)  # checkpoints of big models take GBs; the best one is in `module`
+    row = {"seed": seed, **metrics, "steps": trainer.global_step, "train_seconds": seconds}
+    return module.model, outputs, row
 
 
 # --- Predictions ---------------------------------------------------------------------------
@@ -266,7 +295,7 @@ def plot_confusion_matrix(
 
 def report_predictions(
     task: TaskData,
-    module: FinetuningModule,
+    outputs_per_split: dict[str, torch.Tensor],
     seed: int,
     out_dir: Path,
     sample_size: int,
@@ -274,9 +303,8 @@ def report_predictions(
 ) -> None:
     """Per eval split: `predictions_seed<N>.csv` (every row), a W&B table of a sample, and for
     classification `confusion_matrix_seed<N>.png` (MNLI: `_matched` / `_mismatched` names)."""
-    for split, batches in module.predictions.items():
+    for split, outputs in outputs_per_split.items():
         postfix = metric_postfix(task.name, split)
-        outputs = torch.cat(batches)
         columns, rows = prediction_rows(task, split, outputs)
         with open(out_dir / f"predictions_seed{seed}{postfix}.csv", "w", newline="") as f:
             csv.writer(f).writerows([columns, *rows])
@@ -295,18 +323,16 @@ def report_predictions(
 # --- Results over seeds --------------------------------------------------------------------
 
 
-def metric_names(rows: list[dict]) -> list[str]:
-    return [k for k in rows[0] if k not in ("seed", "steps", "train_seconds")]
+RUN_COLUMNS = ("steps", "train_seconds")  # what each seed's row holds beside the metrics
 
 
 def results_table(rows: list[dict]) -> tuple[list[str], list[list]]:
     """(columns, rows): one row per seed, then the mean and the sample std (0 for one seed)."""
     columns = list(rows[0])
     table = [[str(row["seed"]), *(row[c] for c in columns[1:])] for row in rows]
-    values = {c: [row[c] for row in rows] for c in columns[1:]}
-    table.append(["mean", *(statistics.fmean(v) for v in values.values())])
-    std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values.values()]
-    table.append(["std", *std])
+    values = [[row[c] for row in rows] for c in columns[1:]]
+    table.append(["mean", *(statistics.fmean(v) for v in values)])
+    table.append(["std", *(statistics.stdev(v) if len(v) > 1 else 0.0 for v in values)])
     return columns, table
 
 
@@ -315,31 +341,35 @@ def write_results(rows: list[dict], task: TaskData, out_dir: Path, init: str) ->
     columns, table = results_table(rows)
     with open(out_dir / "results.csv", "w", newline="") as f:
         csv.writer(f).writerows([columns, *table])
-    *per_seed, means, stds = table
+    *per_seed, (_, *means), (_, *stds) = table
     n = len(per_seed)
 
-    def cell(value) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+    def cell(column: str, value: float) -> str:
+        return f"{value:.0f}" if column in RUN_COLUMNS else f"{value:.4f}"
 
+    def line(first: str, cells: list[str]) -> str:
+        return "| " + " | ".join([first, *cells]) + " |"
+
+    named = list(zip(columns[1:], means, stds, strict=True))
     lines = [
         f"# {task.name}: fine-tuned from init={init}, {n} seed{'s' * (n > 1)}",
         "",
-        "| " + " | ".join(columns) + " |",
+        line("seed", columns[1:]),
         "|" + "---:|" * len(columns),
-        *("| " + " | ".join(cell(v) for v in row) + " |" for row in per_seed),
-        f"| mean ± std (n={n}) | "
-        + " | ".join(f"{cell(m)} ± {cell(s)}" for m, s in zip(means[1:], stds[1:], strict=True))
-        + " |",
+        *(line(seed, [cell(c, v) for c, v in zip(columns[1:], vs, strict=True)])
+          for seed, *vs in per_seed),
+        line(f"mean ± std (n={n})", [f"{cell(c, m)} ± {cell(c, sd)}" for c, m, sd in named]),
         "",
         f"Metrics of the best checkpoint (by validation {main_metric(task.name, task.task_type)})"
         f" on the {' and '.join(task.eval_splits)} split; std is the sample standard deviation.",
-    ]
+    ]  # fmt: skip
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
-    summary = {}
-    for name in metric_names(rows):
-        index = columns.index(name)
-        summary |= {f"eval_{name}": means[index], f"eval_{name}_std": stds[index]}
-    return summary
+    return {
+        key: value
+        for c, mean, std in named
+        if c not in RUN_COLUMNS
+        for key, value in ((f"eval_{c}", mean), (f"eval_{c}_std", std))
+    }
 
 
 # --- Saving and loading the fine-tuned model -----------------------------------------------

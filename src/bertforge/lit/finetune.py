@@ -1,7 +1,8 @@
 """The fine-tuning LightningModule: a sequence head trained with cross-entropy or MSE.
 
 Validation metrics (`val/<metric>`) are computed every epoch on the task's "validation" split;
-the test loop reports `eval/<metric><postfix>` for each eval split and keeps the predictions.
+`evaluate` scores a whole eval split outside Lightning's loops (no sharding across ranks) and
+returns its predictions in order.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch.utils.data import DataLoader
 
 from bertforge.errors import TrainingDivergedError
 from bertforge.lit.optim import configure_adamw
@@ -33,14 +34,9 @@ class FinetuningModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "task"])
         self.model = model
+        self.task = task
         self.regression = task.task_type == "regression"
         self.val_metrics = build_metrics(task, prefix="val/", split="validation")
-        self.eval_splits = task.eval_splits
-        self.eval_metrics = nn.ModuleList(
-            build_metrics(task, prefix="eval/", split=split) for split in self.eval_splits
-        )
-        # Per eval split, one tensor per test batch: class probabilities (B, C) or scores (B,).
-        self.predictions: dict[str, list[torch.Tensor]] = {}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(
@@ -73,26 +69,24 @@ class FinetuningModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch)
         batch_size = batch["input_ids"].shape[0]
-        self.log("val/loss", self.loss(logits, batch["labels"]), batch_size=batch_size)
+        loss = self.loss(logits, batch["labels"])
+        self.log("val/loss", loss, batch_size=batch_size, sync_dist=True)
         self.val_metrics.update(self.predict(logits), batch["labels"])
+        self.log_dict(self.val_metrics, batch_size=batch_size, prog_bar=True)  # per epoch
 
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
-
-    def on_test_epoch_start(self) -> None:
-        self.predictions = {split: [] for split in self.eval_splits}
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0):
-        logits = self(batch)
-        self.eval_metrics[dataloader_idx].update(self.predict(logits), batch["labels"])
-        outputs = self.predict(logits) if self.regression else logits.float().softmax(-1)
-        self.predictions[self.eval_splits[dataloader_idx]].append(outputs.cpu())
-
-    def on_test_epoch_end(self) -> None:
-        for metrics in self.eval_metrics:
-            self.log_dict(metrics.compute(), add_dataloader_idx=False)
-            metrics.reset()
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader, split: str) -> tuple[dict[str, float], torch.Tensor]:
+        """Metrics (`<metric><postfix>`) on `split`, and its outputs in order: class
+        probabilities (N, C) or scores (N,)."""
+        self.eval()
+        metrics = build_metrics(self.task, split=split).to(self.device)
+        outputs = []
+        for batch in loader:
+            batch = {key: value.to(self.device) for key, value in batch.items()}
+            logits = self(batch)
+            metrics.update(self.predict(logits), batch["labels"])
+            outputs.append(self.predict(logits) if self.regression else logits.float().softmax(-1))
+        return {k: v.item() for k, v in metrics.compute().items()}, torch.cat(outputs).cpu()
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
