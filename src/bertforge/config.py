@@ -321,6 +321,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
+    num_threads: int | None = None  # CPU threads per process; 1 for jobs running side by side
     enable_progress_bar: bool = True
     progress_refresh_rate: int = 10  # redraw every N steps: drawing every step costs throughput
     log_every_n_steps: int = 10
