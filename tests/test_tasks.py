@@ -180,10 +180,17 @@ def test_real_stsb_is_regression_on_0_to_5():
 
 
 @needs_glue
-def test_max_examples_keeps_the_first_rows():
+def test_max_examples_keeps_an_even_spread_in_order():
     full = glue("cola")
     capped = glue("cola", max_examples=5)
-    assert capped.splits == {split: rows[:5] for split, rows in full.splits.items()}
+    for split, rows in full.splits.items():
+        step = len(rows) / 5
+        assert capped.splits[split] == [rows[int(i * step)] for i in range(5)]
+
+
+def test_max_examples_keeps_every_bbc_topic():
+    task = load_task(TaskConfig(name="bbc_news", max_examples=20))
+    assert len({example.label for example in task.splits["train"]}) == 5
 
 
 # --- QQP, QNLI, MNLI in their official layouts (not in the shared data) ----------------------

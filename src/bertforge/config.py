@@ -176,7 +176,7 @@ class TaskConfig:
     label_column: str = "label"
     task_type: str = "classification"  # local_files: classification | regression
     label_names: list[str] | None = None  # local_files: given, or discovered from train
-    max_examples: int | None = None  # cap every split (quick runs and tests)
+    max_examples: int | None = None  # cap every split, rows evenly spread (quick runs, tests)
 
     def __post_init__(self) -> None:
         check_choice("task.name", self.name, TASK_NAMES)

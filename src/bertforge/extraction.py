@@ -66,7 +66,7 @@ def texts_to_embed(cfg: Config) -> tuple[list[str], list[str] | None, list[dict[
     """(texts, second segments or None, metadata rows with label and split)."""
     e = cfg.extract
     if e.dataset == "task":
-        from bertforge.tasks import load_task
+        from bertforge.tasks import load_task, spread
 
         task = load_task(cfg.task)
         if e.split not in task.splits:
@@ -74,7 +74,8 @@ def texts_to_embed(cfg: Config) -> tuple[list[str], list[str] | None, list[dict[
                 f"extract.split={e.split} is not a split of task {task.name}; "
                 f"choose one of {', '.join(task.splits)}"
             )
-        examples = task.splits[e.split][: e.max_examples]
+        examples = task.splits[e.split]
+        examples = spread(examples, e.max_examples) if e.max_examples else examples
         names = task.label_names
         texts = [x.text_a for x in examples]
         pairs = [x.text_b or "" for x in examples] if any(x.text_b for x in examples) else None
@@ -82,8 +83,10 @@ def texts_to_embed(cfg: Config) -> tuple[list[str], list[str] | None, list[dict[
         ids = [x.id for x in examples]
     else:
         from bertforge.corpus import load_documents
+        from bertforge.tasks import spread
 
-        docs = [d for d in load_documents(cfg.corpus) if d.split == e.split][: e.max_examples]
+        docs = [d for d in load_documents(cfg.corpus) if d.split == e.split]
+        docs = spread(docs, e.max_examples) if e.max_examples else docs
         texts, pairs = [d.text for d in docs], None
         labels, ids = [d.label for d in docs], [d.id for d in docs]
     if not texts:
