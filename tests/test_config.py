@@ -12,7 +12,7 @@ from conftest import CONF, compose, run_entry_point
 GROUP_OPTIONS = {
     group.name: sorted(p.stem for p in group.glob("*.yaml"))
     for group in CONF.iterdir()
-    if group.is_dir() and group.name not in ("hydra", "experiment", "hparams_search")
+    if group.is_dir() and group.name not in ("hydra", "experiment", "hparams_search", "benchmark")
 }
 REQUIRED = {  # options that need a key the user must give
     ("corpus", "text_files"): ["corpus.path=some/dir"],
