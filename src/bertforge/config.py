@@ -197,10 +197,10 @@ class FinetuneConfig:
     init: str = "pretrained"  # pretrained (our pretrain artifact) | hf (finetune.hf_model) | random
     hf_model: str | None = None  # local directory or hub name of an HF BERT checkpoint
     seeds: list[int] = field(default_factory=lambda: [42])
-    max_epochs: int = 4
+    max_epochs: int = 6
     max_steps: int = -1  # > 0 caps the steps of each seed's run (quick runs, tests)
     global_batch_size: int = 32
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     adam_betas: tuple[float, float] = (0.9, 0.999)
