@@ -1,0 +1,19 @@
+"""Run the `extract` stage alone (missing upstream stages are built first).
+
+python pipelines/extract.py [overrides...]
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from bertforge.cli import check_overrides, run_pipeline
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    return run_pipeline(cfg, only=["extract"])
+
+
+if __name__ == "__main__":
+    check_overrides()
+    main()
