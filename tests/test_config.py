@@ -100,3 +100,19 @@ def test_unknown_group_option_lists_the_presets(tmp_path):
     assert "bert_huge" in result.stderr
     for preset in GROUP_OPTIONS["model"]:
         assert preset in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_with_its_sweep(name):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+    assert "seed" in cfg.hydra.sweeper.params and len(cfg.report_metrics) >= 1
+    compose(f"+experiment={name}")  # the typed config accepts it
+
+
+def test_optuna_search_composes():
+    cfg = compose("hparams_search=finetune_optuna")
+    assert cfg.optimized_metric == "finetune/eval_accuracy"
