@@ -189,8 +189,8 @@ def test_cli_builds_then_reuses(tmp_path):
 @pytest.mark.slow
 def test_losses_clearly_fall(tmp_path):
     cfg = compose(
-        *TINY, "pretrain.max_steps=150", "pretrain.global_batch_size=16",
-        "pretrain.val_check_interval=75", outputs=tmp_path,
+        *TINY, "pretrain.max_steps=250", "pretrain.global_batch_size=16",
+        "pretrain.val_check_interval=125", outputs=tmp_path,
     )  # fmt: skip
     metrics = Pipeline(cfg).pretrain().metrics
     assert metrics["train_loss_last"] < metrics["train_loss_first"] - 0.5
