@@ -51,8 +51,11 @@ def write_job_record(job_dir: Path, overrides: list[str], results) -> None:
     (Path(job_dir) / JOB_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
-def setting_of(overrides: list[str]) -> str:
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS]
+def setting_of(overrides: list[str], shared: set[str] = frozenset()) -> str:
+    """The overrides that tell this job's setting apart: neither seeds nor shared by all jobs."""
+    kept = [
+        o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS and o not in shared
+    ]
     return " ".join(sorted(kept)) or "(defaults)"
 
 
@@ -64,10 +67,13 @@ def collect(sweep_dir: Path, metrics: list[str]) -> list[Row]:
             f"{sweep_dir} holds no */{JOB_FILE}; pass the directory of a finished multirun "
             "(outputs/multirun/<date>/<time>)"
         )
+    records = [json.loads(job.read_text(encoding="utf-8")) for job in jobs]
+    shared = (
+        set.intersection(*(set(r["overrides"]) for r in records)) if len(records) > 1 else set()
+    )
     values: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for job in jobs:
-        record = json.loads(job.read_text(encoding="utf-8"))
-        setting = setting_of(record["overrides"])
+    for record in records:
+        setting = setting_of(record["overrides"], shared)
         for name in metrics:
             stage, _, metric = name.partition("/")
             value = record["stages"].get(stage, {}).get("metrics", {}).get(metric)
