@@ -49,9 +49,9 @@ def fail(message: str) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
-def unknown_key_message(key: str) -> str | None:
-    """Why `key` (dotted, from a command-line override) is not in the schema, or None if it is."""
-    node: type = Config
+def unknown_key_message(key: str, root: type = Config) -> str | None:
+    """Why `key` (dotted, from a command-line override) is not in the `root` schema, or None."""
+    node: type = root
     parts = key.split(".")
     for depth, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(node)}
@@ -69,7 +69,7 @@ def unknown_key_message(key: str) -> str | None:
     return None
 
 
-def check_overrides(argv: Sequence[str] | None = None) -> None:
+def check_overrides(argv: Sequence[str] | None = None, root: type = Config) -> None:
     """Fail fast, listing the allowed keys, when a `key=value` override names no config key."""
     args = sys.argv[1:] if argv is None else argv
     for arg in args:
@@ -78,7 +78,7 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
         key = arg.split("=", 1)[0].split("@", 1)[0]
         if key in HYDRA_ONLY_GROUPS:
             continue
-        if message := unknown_key_message(key):
+        if message := unknown_key_message(key, root):
             fail(message)
 
 

@@ -137,26 +137,44 @@ class SelfAttention(nn.Module):
         self.attn_dropout = config.attention_probs_dropout_prob
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False
+        self, x: torch.Tensor, mask: torch.Tensor | None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, H); mask: bool (B, 1, 1, T), True = attend. Returns (y, probs or None)."""
-        B, T, H = x.size()
-        q, k, v = self.qkv(x).split(H, dim=2)  # 3 x (B, T, H)
-        q = q.view(B, T, self.n_head, H // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, H // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, H // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        """x: (B, T, H); mask: additive (B, 1, 1, T) or None. Returns (y, probs or None)."""
+        q, k, v = self.qkv(x).split(x.size(-1), dim=2)  # 3 x (B, T, H)
+        y, probs = self.attend(q, k, v, mask, output_attentions)
+        return self.proj(y), probs
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scaled dot-product attention, head by head, of (B, T, H) queries, keys and values."""
+        B, T, H = q.size()
+        hs = H // self.n_head
+        q, k, v = (
+            t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v)
+        )  # (B, nh, T, hs)
         dropout_p = self.attn_dropout if self.training else 0.0
-        if output_attentions:
-            # explicit path: same maths as SDPA, but keeps the probabilities
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, T)
-            att = att.masked_fill(~mask, float("-inf"))
+        if output_attentions or (dropout_p > 0 and q.device.type == "cpu"):
+            # Explicit maths: keeps the probabilities. On CPU, SDPA has no fused kernel with
+            # dropout and falls back to the same maths plus extra passes (a "safe" softmax), so
+            # this is faster there; the dropout mask is drawn identically.
+            att = (q * (1.0 / math.sqrt(hs))) @ k.transpose(-2, -1)  # (B, nh, T, T)
+            if mask is not None:
+                att = att + mask
             probs = F.softmax(att, dim=-1)  # (B, nh, T, T)
             y = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
         else:
             probs = None
+            if mask is not None and mask.dtype != q.dtype:  # autocast: SDPA wants q's dtype
+                mask = mask.to(q.dtype)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, H)  # re-assemble heads: (B, T, H)
-        return self.proj(y), probs
+        return y, probs
 
 
 class FeedForward(nn.Module):
@@ -181,7 +199,7 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False
+        self, x: torch.Tensor, mask: torch.Tensor | None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         a, probs = self.attn(x, mask, output_attentions)
         x = self.norm1(x + self.dropout(a))
@@ -217,11 +235,12 @@ class BertModel(nn.Module):
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        if attention_mask is None:
-            mask = torch.ones(B, 1, 1, T, dtype=torch.bool, device=input_ids.device)
-        else:
-            mask = attention_mask.bool().view(B, 1, 1, T)  # True = attend to this key
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        mask = None  # additive attention mask: 0 = attend, dtype minimum = padding key
+        if attention_mask is not None:
+            padding = ~attention_mask.bool().view(B, 1, 1, T)
+            mask = torch.zeros(padding.shape, dtype=x.dtype, device=x.device)
+            mask = mask.masked_fill(padding, torch.finfo(x.dtype).min)  # (B, 1, 1, T)
         hidden_states = [x]
         attentions = []
         for layer in self.layers:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from bertforge.errors import DataError
 
@@ -160,8 +160,41 @@ class MaskedLanguageModelingCollator:
         }
 
 
+class LengthBucketBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of similar length: less compute spent on padding.
+
+    Each epoch shuffles the examples, sorts every window of `window` batches by length, cuts it
+    into batches and shuffles the batch order. Incomplete last batches are dropped.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, window: int) -> None:
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size = batch_size
+        self.window = window
+
+    def __len__(self) -> int:
+        return len(self.lengths) // self.batch_size
+
+    def __iter__(self):
+        # One draw from the global RNG per epoch, like RandomSampler: seed_everything applies.
+        g = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
+        order = torch.randperm(len(self.lengths), generator=g)
+        span = self.window * self.batch_size
+        batches = []
+        for start in range(0, len(order) - self.batch_size + 1, span):
+            chunk = order[start : start + span]
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            full = len(chunk) // self.batch_size * self.batch_size
+            batches += chunk[:full].view(-1, self.batch_size).tolist()
+        for i in torch.randperm(len(batches), generator=g).tolist():
+            yield batches[i]
+
+
 class PretrainingDataModule(pl.LightningDataModule):
-    """Serves the Arrow example cache (`<data_dir>/{train,validation}`), memory-mapped."""
+    """Serves the Arrow example cache (`<data_dir>/{train,validation}`), memory-mapped.
+
+    `length_bucket_window` > 0 draws training batches with `LengthBucketBatchSampler`.
+    """
 
     def __init__(
         self,
@@ -169,12 +202,14 @@ class PretrainingDataModule(pl.LightningDataModule):
         collator: MaskedLanguageModelingCollator,
         batch_size: int,
         num_workers: int = 0,
+        length_bucket_window: int = 0,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
         self.collator = collator
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.length_bucket_window = length_bucket_window
 
     def setup(self, stage: str | None = None) -> None:
         from datasets import load_from_disk
@@ -188,14 +223,19 @@ class PretrainingDataModule(pl.LightningDataModule):
             )
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
+        common = dict(
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+        )
+        if shuffle and self.length_bucket_window > 0:
+            import pyarrow.compute as pc
+
+            lengths = pc.list_value_length(dataset.data.column("input_ids")).to_pylist()
+            sampler = LengthBucketBatchSampler(lengths, self.batch_size, self.length_bucket_window)
+            return DataLoader(dataset, batch_sampler=sampler, **common)
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle, **common
         )
 
     def train_dataloader(self) -> DataLoader:

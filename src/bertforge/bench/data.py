@@ -1,0 +1,169 @@
+"""The benchmark's data: BBC News text, tokenizer training, the NSP example cache, batches.
+
+Everything is built as the pipeline builds it (`train_tokenizer`, `write_pretraining_examples`,
+`PretrainingDataModule`), so the sequence lengths, and hence the padding, are those of real text.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bertforge.bench.config import BenchmarkConfig
+from bertforge.config import SPECIAL_TOKENS, PretrainConfig, TokenizerConfig
+
+
+def load_texts(cfg: BenchmarkConfig):
+    """(all documents, train-split texts) of the embedded BBC News corpus."""
+    from bertforge.corpus import load_bbc_news
+
+    documents = load_bbc_news()
+    if cfg.max_documents is not None:
+        documents = documents[: cfg.max_documents]
+    return documents, [d.text for d in documents if d.split == "train"]
+
+
+def tokenizer_config(cfg: BenchmarkConfig) -> TokenizerConfig:
+    return TokenizerConfig(vocab_size=cfg.vocab_size)
+
+
+def train_raw_tokenizer(texts: list[str], cfg: TokenizerConfig):
+    """The stock `tokenizers` BERT WordPiece pipeline with the same settings as ours."""
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    tok = BertWordPieceTokenizer(
+        clean_text=True,
+        handle_chinese_chars=True,
+        strip_accents=cfg.strip_accents,
+        lowercase=cfg.lowercase,
+    )
+    tok.train_from_iterator(
+        texts,
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        limit_alphabet=cfg.limit_alphabet,
+        special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False,
+        wordpieces_prefix="##",
+    )
+    return tok
+
+
+def bench_tokenizer(texts: list[str], cfg: BenchmarkConfig):
+    """Train ours and the raw pipeline, interleaved; returns (row, our trained tokenizer)."""
+    from bertforge.tokenizer import train_tokenizer
+
+    tok_cfg = tokenizer_config(cfg)
+    megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    seconds: dict[str, list[float]] = {"ours": [], "raw": []}
+    ours = None
+    for _ in range(cfg.tokenizer_repeats):
+        started = time.perf_counter()
+        ours = train_tokenizer(texts, tok_cfg)
+        seconds["ours"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        raw = train_raw_tokenizer(texts, tok_cfg)
+        seconds["raw"].append(time.perf_counter() - started)
+    ours_s, raw_s = statistics.median(seconds["ours"]), statistics.median(seconds["raw"])
+    row = {
+        "megabytes": megabytes,
+        "documents": len(texts),
+        "vocab_size": ours.get_vocab_size(),
+        "ours_seconds": ours_s,
+        "raw_seconds": raw_s,
+        "ours_mb_per_s": megabytes / ours_s,
+        "raw_mb_per_s": megabytes / raw_s,
+        "ratio": raw_s / ours_s,
+        "raw_vocab_size": raw.get_vocab_size(),
+        "repeats": cfg.tokenizer_repeats,
+    }
+    return row, ours
+
+
+def pretrain_data_config(cfg: BenchmarkConfig, seq_len: int) -> PretrainConfig:
+    return PretrainConfig(
+        max_seq_length=seq_len,
+        short_seq_prob=cfg.short_seq_prob,
+        dupe_factor=cfg.dupe_factor,
+        mask_rate=cfg.mask_rate,
+    )
+
+
+def build_example_cache(documents, tokenizer_dir: Path, out_dir: Path, cfg, seq_len, seed):
+    """Write the Arrow example cache for `seq_len`, timed: returns the pre-tokenisation row."""
+    from bertforge.data.pretraining import write_pretraining_examples
+
+    started = time.perf_counter()
+    stats = write_pretraining_examples(
+        documents,
+        tokenizer_dir=tokenizer_dir,
+        out_dir=out_dir,
+        cfg=pretrain_data_config(cfg, seq_len),
+        seed=seed,
+    )
+    seconds = time.perf_counter() - started
+    examples = stats["train_examples"] + stats["validation_examples"]
+    return {
+        "seq_len": seq_len,
+        "documents": len(documents),
+        "examples": examples,
+        "seconds": seconds,
+        "examples_per_s": examples / seconds,
+        "train_tokens": stats["train_tokens"],
+        "mean_length": stats["mean_length"],
+        "padding_share_at_max_length": 1 - stats["mean_length"] / seq_len,
+    }
+
+
+def make_datamodule(data_dir: Path, tokenizer, cfg: BenchmarkConfig, batch_size: int, **kwargs):
+    from bertforge.data.pretraining import (
+        MaskedLanguageModelingCollator,
+        PretrainingDataModule,
+        special_ids_of,
+    )
+
+    collator = MaskedLanguageModelingCollator(
+        special_ids_of(tokenizer), tokenizer.get_vocab_size(), cfg.mask_rate
+    )
+    data = PretrainingDataModule(data_dir, collator, batch_size, **kwargs)
+    data.setup("fit")
+    return data
+
+
+def draw_batches(data, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """The first `n` batches of the shuffled train loader (cycling if the epoch is shorter)."""
+    torch.manual_seed(seed)
+    batches: list[dict[str, torch.Tensor]] = []
+    while len(batches) < n:
+        for batch in data.train_dataloader():
+            batches.append(batch)
+            if len(batches) == n:
+                break
+    return batches
+
+
+def padding_share(batches) -> float:
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    return 1 - real / sum(b["attention_mask"].numel() for b in batches)
+
+
+def bench_dataloader(data, n: int, seed: int) -> dict[str, float]:
+    """Batches/s of the train loader, collation (masking) included, after its first batch."""
+    torch.manual_seed(seed)
+    loader = iter(data.train_dataloader())
+    next(loader)
+    seconds, count = [], 0
+    for _ in range(n):
+        started = time.perf_counter()
+        try:
+            next(loader)
+        except StopIteration:
+            loader = iter(data.train_dataloader())
+            continue
+        seconds.append(time.perf_counter() - started)
+        count += 1
+    per_batch = statistics.median(seconds)
+    return {"batches": count, "ms_per_batch": 1000 * per_batch, "batches_per_s": 1 / per_batch}
