@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: run test test-fast lint format setup clean-outputs
+.PHONY: run test test-fast bench lint format setup clean-outputs
 
 run: $(STAMP)
 	$(BIN)/python pipelines/run.py $(ARGS)
@@ -21,6 +21,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu and not slow" $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python pipelines/benchmark.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
