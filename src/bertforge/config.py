@@ -388,14 +388,14 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
-def to_config(cfg: DictConfig | Config) -> Config:
-    """Convert Hydra's composed DictConfig into the typed `Config` (runs every `__post_init__`)."""
-    if isinstance(cfg, Config):
+def to_config(cfg: DictConfig | Any, schema: type = Config) -> Any:
+    """Convert Hydra's composed DictConfig into the typed `schema` (runs every `__post_init__`)."""
+    if isinstance(cfg, schema):
         return cfg
     # Hydra's own node is not part of the schema.
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), container))
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), container))
 
 
 register_configs()

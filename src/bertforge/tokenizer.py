@@ -57,14 +57,18 @@ def build_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
     tok.normalizer = _normalizer(cfg)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     # The trainer puts the special tokens first, in SPECIAL_TOKENS order.
-    cls_id, sep_id = SPECIAL_TOKENS.index(CLS), SPECIAL_TOKENS.index(SEP)
+    add_bert_template(tok, SPECIAL_TOKENS.index(CLS), SPECIAL_TOKENS.index(SEP))
+    return tok
+
+
+def add_bert_template(tok: Tokenizer, cls_id: int, sep_id: int) -> None:
+    """[CLS] A [SEP] (B [SEP], segment 1) around every encoding; WordPiece decoding."""
     tok.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}",
         pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
         special_tokens=[(CLS, cls_id), (SEP, sep_id)],
     )
     tok.decoder = decoders.WordPiece(prefix="##")
-    return tok
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from bertforge.config import PathsConfig, check_choice
+from bertforge.config import PathsConfig, check_choice, to_config
 from bertforge.errors import ConfigError
 
 SUITES = ("tokenizer", "pretokenize", "pretrain", "experiments", "dataloader", "tsne")
@@ -109,11 +109,7 @@ def register_configs() -> None:
 
 def to_benchmark_config(cfg: DictConfig | BenchmarkRunConfig) -> BenchmarkRunConfig:
     """Hydra's composed DictConfig as the typed `BenchmarkRunConfig` (runs `__post_init__`)."""
-    if isinstance(cfg, BenchmarkRunConfig):
-        return cfg
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(BenchmarkRunConfig), container))
+    return to_config(cfg, BenchmarkRunConfig)
 
 
 register_configs()

@@ -12,12 +12,21 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from torch.utils.data import DataLoader
 
 from bertforge.errors import DataError
 from bertforge.tasks import Example, TaskData
-from bertforge.tokenizer import CLS, PAD, SEP, TOKENIZER_FILE, UNK, VOCAB_FILE, load_tokenizer
+from bertforge.tokenizer import (
+    CLS,
+    PAD,
+    SEP,
+    TOKENIZER_FILE,
+    UNK,
+    VOCAB_FILE,
+    add_bert_template,
+    load_tokenizer,
+)
 
 
 def wordpiece_from_vocab(vocab_file: Path, lowercase: bool) -> Tokenizer:
@@ -28,13 +37,7 @@ def wordpiece_from_vocab(vocab_file: Path, lowercase: bool) -> Tokenizer:
     missing = [t for t in (CLS, SEP, PAD) if tok.token_to_id(t) is None]
     if missing:
         raise DataError(f"{vocab_file} lacks {', '.join(missing)}; it is not a BERT vocabulary")
-    cls_id, sep_id = tok.token_to_id(CLS), tok.token_to_id(SEP)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{CLS} $A {SEP}",
-        pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
-        special_tokens=[(CLS, cls_id), (SEP, sep_id)],
-    )
-    tok.decoder = decoders.WordPiece(prefix="##")
+    add_bert_template(tok, tok.token_to_id(CLS), tok.token_to_id(SEP))
     return tok
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from bertforge.errors import TrainingDivergedError
-from bertforge.lit.optim import configure_adamw
+from bertforge.lit.optim import configure_adamw_from_hparams
 from bertforge.model import BertForSequenceClassification
 from bertforge.tasks import TaskData, build_metrics
 
@@ -89,13 +89,4 @@ class FinetuningModule(pl.LightningModule):
         return {k: v.item() for k, v in metrics.compute().items()}, torch.cat(outputs).cpu()
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return configure_adamw(
-            self.model,
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            betas=hp.adam_betas,
-            eps=hp.adam_eps,
-            warmup_steps=hp.warmup_steps,
-            total_steps=hp.total_steps,
-        )
+        return configure_adamw_from_hparams(self.model, self.hparams, self.hparams.total_steps)

@@ -48,3 +48,16 @@ def configure_adamw(
     )
     scheduler = linear_warmup_decay(optimizer, warmup_steps, total_steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def configure_adamw_from_hparams(model: nn.Module, hp, total_steps: int) -> dict:
+    """`configure_adamw` with a LightningModule's saved hyper-parameters."""
+    return configure_adamw(
+        model,
+        lr=hp.lr,
+        weight_decay=hp.weight_decay,
+        betas=hp.adam_betas,
+        eps=hp.adam_eps,
+        warmup_steps=hp.warmup_steps,
+        total_steps=total_steps,
+    )

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from bertforge.errors import TrainingDivergedError
-from bertforge.lit.optim import configure_adamw
+from bertforge.lit.optim import configure_adamw_from_hparams
 from bertforge.model import BertConfig, BertForPreTraining
 
 
@@ -117,13 +117,4 @@ class PretrainingModule(pl.LightningModule):
         self.log("val/loss", out["loss"], batch_size=batch_size, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return configure_adamw(
-            self.model,
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            betas=hp.adam_betas,
-            eps=hp.adam_eps,
-            warmup_steps=hp.warmup_steps,
-            total_steps=hp.max_steps,
-        )
+        return configure_adamw_from_hparams(self.model, self.hparams, self.hparams.max_steps)
