@@ -16,6 +16,7 @@ from torch import nn
 
 from bertforge.embed import as_bert, encode_batch, encoder_tokenizer, eval_mode
 from bertforge.errors import DataError
+from bertforge.plots import save_figure
 
 CELL_INCHES = 0.28  # heat-map size per token, so tick labels stay readable
 
@@ -59,7 +60,7 @@ def plot_attention_grid(tokens: list[str], probs: np.ndarray, path: Path, title:
             ax.set_title(f"layer {layer + 1} · head {head + 1}", fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_attention_average(
@@ -87,12 +88,4 @@ def plot_attention_average(
         ax.set_title(f"layer {layer + 1}", fontsize=9)
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
     fig.suptitle(title)
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -1,4 +1,4 @@
-"""Training-curve figures drawn from a stage's CSV metrics."""
+"""Figure saving, and training-curve figures drawn from a stage's CSV metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Write `fig` as PNG (creating the directory) and free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def read_metric_columns(csv_path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -43,8 +52,7 @@ def plot_training_curves(csv_path: Path, png_path: Path, window: int = 10) -> di
     if losses:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, png_path)
 
     train = [value for _, value in columns.get("train/loss", [])]
     if not train:

@@ -25,6 +25,7 @@ from matplotlib.axes import Axes
 
 from bertforge.config import VisualizeConfig, check_choice
 from bertforge.errors import ConfigError, DataError
+from bertforge.plots import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -348,14 +349,6 @@ def _short_quality(quality: Mapping[str, float]) -> str:
     return f"{first} · trust. {quality['trustworthiness']:.3f}"
 
 
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def plot_scatter(
     xy: np.ndarray,
     labels: Labels,
@@ -376,7 +369,7 @@ def plot_scatter(
         box = {"boxstyle": "round", "facecolor": "white", "alpha": 0.85}
         text = quality_text(quality)
         ax.text(0.01, 0.99, text, transform=ax.transAxes, va="top", fontsize=8, bbox=box)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_panels(
@@ -394,7 +387,7 @@ def _plot_panels(
         handles, names = axes[0, 0].get_legend_handles_labels()
         fig.legend(handles, names, loc="outside right center", markerscale=2, fontsize=8)
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_snapshots(
