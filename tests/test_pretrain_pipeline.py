@@ -194,3 +194,13 @@ def test_losses_clearly_fall(tmp_path):
     )  # fmt: skip
     metrics = Pipeline(cfg).pretrain().metrics
     assert metrics["train_loss_last"] < metrics["train_loss_first"] - 0.5
+
+
+def test_force_rebuilds_only_the_requested_stage(tiny_run):
+    outputs, artifacts = tiny_run
+    # Runs last in this module: it rebuilds the shared fixture's pretrain artifact in place.
+    pipeline = Pipeline(compose(*TINY, "logger=csv", "force=true", outputs=outputs))
+    pipeline.run(["pretrain"])
+    rebuilt = pipeline.results["pretrain"].artifact
+    assert not rebuilt.reused and rebuilt.hash == artifacts["pretrain"].hash
+    assert pipeline.results["tokenizer"].artifact.reused  # upstream untouched by force

@@ -1,6 +1,6 @@
 """The stage graph: one method per stage, each resolving its upstream through the artifact store.
 
-    tokenizer ──► pretrain_data ──► pretrain ──► finetune
+    tokenizer ──► pretrain_data ──► pretrain ──► finetune ──► extract ──► visualize
         └────────────────────────────┴─────────────┘
 
 Every stage hashes the config slice that determines its result (plus upstream hashes), reuses a
@@ -53,10 +53,12 @@ class Pipeline:
         self.store = ArtifactStore(self.outputs / "artifacts")
         self.group = cfg.logger.group or cfg.run_name or default_run_name()
         self.results: dict[str, StageResult] = {}
+        self.forced: set[str] = set()  # with force=true: the stages asked for, not upstream
 
     def run(self, stages: list[str] | None = None) -> list[StageResult]:
         """Run the requested stages (default: `cfg.stages`) in graph order."""
         wanted = stages or self.cfg.stages
+        self.forced = set(wanted) if self.cfg.force else set()
         for stage in STAGES:
             if stage in wanted:
                 getattr(self, stage)()
@@ -73,7 +75,7 @@ class Pipeline:
             config,
             upstream,
             builder,
-            force=self.cfg.force and stage in self.cfg.stages,
+            force=stage in self.forced,
             distributed=stage in DISTRIBUTED_STAGES,
         )
         self.results[stage] = StageResult(stage, artifact, time.perf_counter() - started)
