@@ -11,7 +11,6 @@ import logging
 import netrc
 import os
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +161,3 @@ class StageLoggers:
             logger.finalize(status)
         if self.wandb is not None:
             self.wandb.experiment.finish(exit_code=0 if status == "success" else 1)
-
-
-def loggable_config(obj: Any) -> dict[str, Any]:
-    """A dataclass config as a plain dict for loggers (our configs hold no secrets)."""
-    return asdict(obj)
