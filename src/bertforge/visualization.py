@@ -23,6 +23,7 @@ from bertforge.extraction import SENTENCES, WORDS, load_encoder
 from bertforge.store import BuildContext
 from bertforge.tracking import StageLoggers
 from bertforge.viz import (
+    METHOD_NAMES,
     Layout,
     embed_2d,
     layout_quality,
@@ -32,7 +33,6 @@ from bertforge.viz import (
     plot_snapshots,
 )
 
-METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
 QUALITY_KEYS = (
     "trustworthiness", "knn_preservation", "knn_accuracy_2d", "knn_accuracy_hd", "silhouette_2d",
     "kl_divergence",
