@@ -94,15 +94,15 @@ class ModelConfig:
     initializer_range: float = 0.02
 
     def __post_init__(self) -> None:
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"model.hidden_size={self.hidden_size} is not divisible by "
                 f"model.num_attention_heads={self.num_attention_heads}; choose a hidden size "
                 "that is a multiple of the head count"
             )
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"model.{key} must be >= 1")
 
 
 @dataclass
@@ -190,6 +190,10 @@ class TaskConfig:
             raise ConfigError(
                 "task=local_files needs task.text_columns=[col] or [col_a,col_b] (one or two)"
             )
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError(
+                f"task.max_examples={self.max_examples} must be >= 1 (or null for every example)"
+            )
 
 
 @dataclass
@@ -222,6 +226,12 @@ class FinetuneConfig:
             )
         if not self.seeds:
             raise ConfigError("finetune.seeds is empty; give at least one seed, e.g. [42]")
+        repeated = sorted({seed for seed in self.seeds if list(self.seeds).count(seed) > 1})
+        if repeated:
+            raise ConfigError(
+                f"finetune.seeds={list(self.seeds)} repeats {', '.join(map(str, repeated))}; "
+                "give each seed once (a repeated seed repeats the same run)"
+            )
         if self.max_epochs < 1 and self.max_steps < 1:
             raise ConfigError("set finetune.max_epochs >= 1 or finetune.max_steps >= 1")
         if self.global_batch_size < 1:
@@ -251,6 +261,17 @@ class ExtractConfig:
             raise ConfigError("extract.source=hf needs extract.hf_model=<dir or hub name>")
         if not self.layers:
             raise ConfigError("extract.layers is empty; give at least one layer, e.g. [-1]")
+        if self.max_seq_length < 4:
+            raise ConfigError(
+                f"extract.max_seq_length={self.max_seq_length} leaves no room for text beside "
+                "[CLS] and [SEP]; use at least 4"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"extract.batch_size={self.batch_size} must be >= 1")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError(
+                f"extract.max_examples={self.max_examples} must be >= 1 (or null for every text)"
+            )
 
 
 @dataclass
@@ -288,6 +309,15 @@ class VisualizeConfig:
             raise ConfigError(f"visualize.perplexity={self.perplexity} must be positive")
         if self.dof <= 0:
             raise ConfigError(f"visualize.dof={self.dof} must be positive (1 is t-SNE)")
+        if self.knn_k < 1:
+            raise ConfigError(
+                f"visualize.knn_k={self.knn_k} must be >= 1: the quality numbers compare each "
+                "point's k nearest neighbours (10 is usual)"
+            )
+        if self.umap_n_neighbors < 2:
+            raise ConfigError(
+                f"visualize.umap_n_neighbors={self.umap_n_neighbors} must be >= 2 (15 is usual)"
+            )
         if self.n_iter <= self.early_exaggeration_iter:
             raise ConfigError(
                 f"visualize.n_iter={self.n_iter} counts all updates, the "
@@ -376,11 +406,28 @@ class Config:
     def __post_init__(self) -> None:
         for stage in self.stages:
             check_choice("stages", stage, STAGES)
+        if self.optimized_metric:
+            self._check_optimized_metric(self.optimized_metric)
         if self.pretrain.max_seq_length > self.model.max_position_embeddings:
             raise ConfigError(
                 f"pretrain.max_seq_length={self.pretrain.max_seq_length} exceeds "
                 f"model.max_position_embeddings={self.model.max_position_embeddings}; "
                 "lower the sequence length or raise the position table"
+            )
+
+    def _check_optimized_metric(self, name: str) -> None:
+        """`optimized_metric` names a stage's metric that this config's run can produce."""
+        stage, _, metric = name.partition("/")
+        if stage not in STAGES or not metric:
+            raise ConfigError(
+                f"optimized_metric={name} is not '<stage>/<metric>' with a stage among "
+                f"{', '.join(STAGES)}; e.g. optimized_metric=finetune/eval_accuracy"
+            )
+        if stage == "pretrain" and "nsp" in metric and self.pretrain.objective == "mlm_only":
+            raise ConfigError(
+                f"optimized_metric={name} is a next-sentence-prediction metric, which "
+                "pretrain.objective=mlm_only does not produce; use pretrain.objective=mlm_nsp "
+                "or an MLM metric, e.g. optimized_metric=pretrain/val_loss_mlm"
             )
 
 

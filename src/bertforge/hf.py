@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, models
 
 from bertforge.errors import BertforgeError
 from bertforge.model import (
@@ -327,7 +328,42 @@ def read_hf_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], BertC
             f"{path} has neither model.safetensors nor pytorch_model.bin{sharded}; "
             "save the model with save_pretrained() into that directory"
         )
+    classifier = sd.get("classifier.weight")
+    if classifier is not None and classifier.shape[0] != cfg.num_labels:
+        raise CheckpointError(
+            f"{config_file} gives {cfg.num_labels} labels (id2label/num_labels) but its "
+            f"classifier.weight has {classifier.shape[0]} rows; list {classifier.shape[0]} "
+            "labels in id2label and label2id of config.json, or re-export the model"
+        )
+    _check_tokenizer_fits(path, cfg.vocab_size, config_file)
     return sd, cfg
+
+
+def _check_tokenizer_fits(path: Path, vocab_size: int, config_file: Path) -> None:
+    """The checkpoint's tokenizer (tokenizer.json, else vocab.txt) gives only ids the model's
+    word embeddings have; a tokenizer from another model would index past the table."""
+    tokenizer_file, vocab_file = path / "tokenizer.json", path / "vocab.txt"
+    try:
+        if tokenizer_file.is_file():
+            source = tokenizer_file
+            ids = Tokenizer.from_file(str(source)).get_vocab(with_added_tokens=True).values()
+        elif vocab_file.is_file():
+            source = vocab_file
+            ids = models.WordPiece.read_file(str(source)).values()
+        else:
+            return  # no tokenizer here: the caller reports that where it needs one
+    except Exception:  # the bindings raise a bare Exception for unreadable or invalid files
+        raise CheckpointError(
+            f"{source} is not a readable tokenizer file; save the checkpoint's tokenizer into "
+            f"{path} again (tokenizer.save_pretrained())"
+        ) from None
+    size = max(ids, default=-1) + 1
+    if size > vocab_size:
+        raise CheckpointError(
+            f"{source} has {size} tokens but the model's vocab_size is {vocab_size} "
+            f"({config_file}); token ids from {vocab_size} on have no embedding: put the "
+            "tokenizer the model was trained with into that directory"
+        )
 
 
 def load_hf_checkpoint(
