@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -57,6 +58,28 @@ def run_entry_point(script: str, *overrides: str, timeout: float = 300):
         timeout=timeout,
         cwd=REPO,
     )
+
+
+def start_entry_point(script: str, *overrides: str, **kwargs) -> subprocess.Popen:
+    """Start `pipelines/<script>` in its own process group (see `kill_group`)."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "pipelines" / script), *overrides],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
+        **kwargs,
+    )
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the process and everything it started (no cleanup handlers run)."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
 
 
 def requires_shared_data(*parts: str) -> Path:

@@ -140,17 +140,20 @@ def test_separate_qkv_variant_computes_the_same_model():
     torch.testing.assert_close(a.nsp_logits, b.nsp_logits)
 
 
-def test_length_bucket_sampler_batches_similar_lengths_and_covers_each_once():
-    from bertforge.data.pretraining import LengthBucketBatchSampler
+def test_length_bucketed_loader_batches_similar_lengths_and_covers_each_once():
+    from bertforge.data.resumable import ResumableLoader
 
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(5, 129, (1000,), generator=g).tolist()
-    sampler = LengthBucketBatchSampler(lengths, batch_size=10, window=20)
-    torch.manual_seed(1)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 100 and all(len(b) == 10 for b in batches)
+
+    def loader():
+        return ResumableLoader(
+            list(range(1000)), 10, lambda rows, g: rows, seed=1, lengths=lengths, bucket_window=20
+        )
+
+    batches = loader().batches(0)
+    assert len(batches) == len(loader()) == 100 and all(len(b) == 10 for b in batches)
     assert sorted(i for b in batches for i in b) == list(range(1000))
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / 100
     assert spread < 15  # random batches of 10 from 5..128 spread ~100
-    torch.manual_seed(1)
-    assert list(sampler) == batches  # seeded by the global RNG, like RandomSampler
+    assert loader().batches(0) == batches != loader().batches(1)  # seeded by (seed, epoch)

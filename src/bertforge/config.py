@@ -216,6 +216,7 @@ class FinetuneConfig:
     micro_batch_size: int | None = None  # per device and step; None: global / world size
     num_workers: int = 0
     sample_predictions: int = 32  # rows of the W&B sample-prediction table
+    checkpoint_every_n_steps: int | None = None  # last.ckpt to resume from; None: every epoch
     export: bool = True  # write an HF BertForSequenceClassification directory
 
     def __post_init__(self) -> None:
@@ -375,6 +376,7 @@ class LoggerConfig:
     group: str | None = None  # default: the pipeline run's name
     tags: list[str] = field(default_factory=list)
     log_artifacts: bool = True
+    init_timeout: float = 30.0  # seconds to wait for the W&B service before going offline
 
     def __post_init__(self) -> None:
         check_choice("logger.backend", self.backend, ("wandb", "csv", "tensorboard", "none"))

@@ -33,7 +33,7 @@ from bertforge.data.finetuning import FinetuningDataModule, load_checkpoint_toke
 from bertforge.errors import ConfigError
 from bertforge.hf import export_hf, load_hf_state_dict, read_hf_checkpoint
 from bertforge.lit.finetune import FinetuningModule
-from bertforge.lit.trainer import batch_plan, make_trainer, world_size
+from bertforge.lit.trainer import batch_plan, last_checkpoint, make_trainer, world_size
 from bertforge.model import BertConfig, BertForSequenceClassification
 from bertforge.pretraining import (
     MODEL_CONFIG,
@@ -42,7 +42,7 @@ from bertforge.pretraining import (
     bert_config_for,
     load_pretrained,
 )
-from bertforge.store import BuildContext
+from bertforge.store import BuildContext, write_json_atomic
 from bertforge.tasks import TaskData, load_task, main_metric, metric_postfix
 from bertforge.tokenizer import PAD, load_tokenizer
 from bertforge.tracking import StageLoggers
@@ -51,6 +51,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 LABELS = "labels.json"
+SEED_RESULT = "result.json"  # in a seed's training directory once the seed is complete
 WANDB_NAMES = {"tokenizer": "tokenizer", "pretrain": "bert"}  # upstream W&B artifacts
 HF_FILES = [  # what a hub snapshot needs: config, weights, tokenizer
     "config.json", "model.safetensors", "pytorch_model.bin", *TOKENIZER_FILES,
@@ -126,7 +127,7 @@ def starting_point(cfg: Config, ctx: BuildContext, task: TaskData) -> StartingPo
 
 
 def run_finetuning(
-    cfg: Config, ctx: BuildContext, open_loggers: Callable[[str], StageLoggers]
+    cfg: Config, ctx: BuildContext, open_loggers: Callable[[str, Path], StageLoggers]
 ) -> dict[str, float]:
     """Fine-tune once per seed into `ctx.path`; return eval metrics as mean and std over seeds.
 
@@ -147,8 +148,13 @@ def run_finetuning(
     lineage = [f"{WANDB_NAMES[a.stage]}-{a.hash}:latest" for a in ctx.upstream.values()]
     rows = []
     for seed in f.seeds:
-        with open_loggers(f"seed{seed}") as loggers:
-            run = train_seed(cfg, ctx, task, start, data, accumulate, seed, loggers)
+        work_dir = ctx.path / "training" / f"seed{seed}"
+        finished = work_dir / SEED_RESULT
+        if finished.is_file():  # done before this build was interrupted
+            rows.append(dict(json.loads(finished.read_text())))
+            continue
+        with open_loggers(f"seed{seed}", work_dir) as loggers:
+            run = train_seed(cfg, ctx, task, start, data, accumulate, seed, loggers, work_dir)
             if run is None:  # not rank 0
                 continue
             model, outputs, row = run
@@ -165,8 +171,11 @@ def run_finetuning(
                 loggers.log_metrics({f"results/{k}": v for k, v in summary.items()})
                 if loggers.wandb is not None:
                     loggers.wandb.log_table("results", *results_table(rows))
+            write_json_atomic(finished, list(row.items()))  # complete: skipped when resuming
+            shutil.rmtree(work_dir / "checkpoints")  # GBs for big models; the model is saved
     if not rows:
         return {}
+    summary = write_results(rows, task, ctx.path, f.init)
     shutil.rmtree(ctx.path / "training")
     return summary | {"train_seconds": sum(r["train_seconds"] for r in rows), "seeds": len(rows)}
 
@@ -180,13 +189,16 @@ def train_seed(
     accumulate: int,
     seed: int,
     loggers: StageLoggers,
+    work_dir: Path,
 ) -> tuple[BertForSequenceClassification, dict[str, torch.Tensor], dict[str, float]] | None:
-    """Train one seed, reload its best checkpoint and evaluate it on the eval split(s).
+    """Train one seed in `work_dir` (resuming from its last checkpoint if an interrupted build
+    left one), reload its best checkpoint and evaluate it on the eval split(s).
 
     Returns (best model, outputs per eval split, results row) on rank 0, None on other ranks.
     """
     f = cfg.finetune
     pl.seed_everything(seed, workers=True, verbose=False)
+    data.seed = seed
     for logger in loggers.loggers:
         logger.log_hyperparams({"seed": seed})
     rank_examples = math.ceil(len(task.splits["train"]) / world_size(cfg.trainer))
@@ -206,8 +218,6 @@ def train_seed(
         total_steps=total_steps,
     )
     monitor = "val/" + main_metric(task.name, task.task_type)
-    work_dir = ctx.path / "training" / f"seed{seed}"
-    shutil.rmtree(work_dir, ignore_errors=True)  # an interrupted build's checkpoints
     best = ModelCheckpoint(
         work_dir, "best", monitor=monitor, mode="max", save_top_k=1, save_weights_only=True
     )
@@ -224,10 +234,11 @@ def train_seed(
         val_check_interval=min(batches_per_epoch, total_steps * accumulate),
         gradient_clip_val=f.gradient_clip_val,
         accumulate_grad_batches=accumulate,
+        checkpoint_every_n_steps=f.checkpoint_every_n_steps,
         callbacks=[best, stop],
     )
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data, ckpt_path=last_checkpoint(work_dir))
     seconds = time.perf_counter() - started
 
     checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
@@ -242,7 +253,6 @@ def train_seed(
     if not trainer.is_global_zero:
         return None
     loggers.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
-    shutil.rmtree(work_dir)  # checkpoints of big models take GBs; the best one is in `module`
     row = {"seed": seed, **metrics, "steps": trainer.global_step, "train_seconds": seconds}
     return module.model, outputs, row
 

@@ -21,15 +21,18 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
 
 
 def read_metric_columns(csv_path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Lightning CSVLogger rows -> {metric: [(step, value), ...]} (empty cells skipped)."""
-    columns: dict[str, list[tuple[int, float]]] = {}
+    """Lightning CSVLogger rows -> {metric: [(step, value), ...]} (empty cells skipped).
+
+    A step logged twice (a run resumed from a checkpoint older than its last rows) keeps its
+    last value."""
+    columns: dict[str, dict[int, float]] = {}
     with open(csv_path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             step = int(float(row.get("step") or 0))
             for key, value in row.items():
                 if key != "step" and value not in ("", None):
-                    columns.setdefault(key, []).append((step, float(value)))
-    return columns
+                    columns.setdefault(key, {})[step] = float(value)
+    return {key: sorted(values.items()) for key, values in columns.items()}
 
 
 def plot_training_curves(csv_path: Path, png_path: Path, window: int = 10) -> dict[str, float]:

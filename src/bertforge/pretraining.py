@@ -72,7 +72,7 @@ def run_pretraining(cfg: Config, ctx: BuildContext, loggers: StageLoggers) -> di
         p.global_batch_size, cfg.trainer, p.micro_batch_size, "pretrain"
     )
     data = PretrainingDataModule(
-        ctx.upstream["pretrain_data"].path, collator, micro_batch, p.num_workers
+        ctx.upstream["pretrain_data"].path, collator, micro_batch, p.num_workers, seed=cfg.seed
     )
     trainer = make_trainer(
         cfg.trainer,

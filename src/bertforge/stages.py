@@ -31,7 +31,9 @@ PRETRAIN_UNHASHED = (
 )  # fmt: skip
 DISTRIBUTED_STAGES = ("pretrain", "finetune")  # their builders train with every rank
 VISUALIZE_UNHASHED = ("n_jobs",)
-FINETUNE_UNHASHED = ("micro_batch_size", "num_workers", "sample_predictions", "export")
+FINETUNE_UNHASHED = (
+    "micro_batch_size", "num_workers", "sample_predictions", "export", "checkpoint_every_n_steps",
+)  # fmt: skip
 PRETRAIN_DATA_KEYS = ("objective", "max_seq_length", "short_seq_prob", "dupe_factor")
 
 
@@ -81,7 +83,13 @@ class Pipeline:
         self.results[stage] = StageResult(stage, artifact, time.perf_counter() - started)
         return artifact
 
-    def _loggers(self, ctx: BuildContext, config: dict[str, Any], suffix: str = "") -> StageLoggers:
+    def _loggers(
+        self, ctx: BuildContext, config: dict[str, Any], suffix: str = "", resume_from=None
+    ) -> StageLoggers:
+        """Loggers for a run of this stage; `resume_from`: the training directory whose last
+        checkpoint names the W&B run to continue (an interrupted build resuming)."""
+        from bertforge.lit.trainer import checkpoint_run_id
+
         loggers = StageLoggers(
             self.cfg.logger,
             stage=ctx.stage,
@@ -90,6 +98,7 @@ class Pipeline:
             outputs=self.outputs,
             config={"stage_hash": ctx.hash, "seed": self.cfg.seed, **config},
             run_suffix=suffix,
+            resume_id=checkpoint_run_id(resume_from) if resume_from else None,
         )
         ctx.extra.setdefault("wandb_runs", []).append(loggers.wandb_run_path)
         return loggers
@@ -167,7 +176,7 @@ class Pipeline:
     def _pretrain(self, ctx: BuildContext, config: dict) -> dict[str, float]:
         from bertforge.pretraining import run_pretraining
 
-        with self._loggers(ctx, config) as loggers:
+        with self._loggers(ctx, config, resume_from=ctx.path) as loggers:
             return run_pretraining(self.cfg, ctx, loggers)
 
     def finetune(self) -> Artifact:
@@ -191,7 +200,7 @@ class Pipeline:
             config,
             upstream,
             lambda ctx: run_finetuning(
-                self.cfg, ctx, lambda suffix: self._loggers(ctx, config, suffix)
+                self.cfg, ctx, lambda suffix, work_dir: self._loggers(ctx, config, suffix, work_dir)
             ),
         )
 

@@ -7,6 +7,7 @@ API key is present or the service cannot be reached, and never crash a run.
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from bertforge.config import LoggerConfig
 
@@ -42,6 +45,37 @@ def resolve_wandb_mode(cfg: LoggerConfig) -> str:
     return mode
 
 
+class _AppendingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if self._fs.isfile(self.metrics_file_path):  # an interrupted run's: go on with its columns
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+
+    def _check_log_dir_exists(self) -> None:
+        """Lightning deletes an existing metrics.csv here; keep an interrupted run's rows."""
+
+
+class AppendingCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, but a resumed run appends to `metrics.csv` instead of replacing
+    it, and rows reach the disk at every logging step, so a killed run loses none.
+
+    Steps between the last checkpoint and a kill appear twice; readers keep the last row
+    (`plots.read_metric_columns`).
+    """
+
+    def __init__(self, save_dir: Path, name: str, version: str) -> None:
+        super().__init__(save_dir=save_dir, name=name, version=version, flush_logs_every_n_steps=1)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 class StageLoggers:
     """The loggers of one stage execution; `close()` finishes the W&B run."""
 
@@ -55,14 +89,17 @@ class StageLoggers:
         outputs: Path,
         config: dict[str, Any],
         run_suffix: str = "",
+        resume_id: str | None = None,
     ) -> None:
         """`run_suffix` tells apart several runs of one stage execution (e.g. "seed42"): each
-        gets its own W&B run `<group>-<stage>-<suffix>` and CSV directory `logs/<suffix>`."""
+        gets its own W&B run `<group>-<stage>-<suffix>` and CSV directory `logs/<suffix>`.
+        `resume_id` continues that W&B run (an interrupted build resuming from its checkpoint);
+        the CSV file is appended to."""
         self.cfg = cfg
         self.stage = stage
         self.name = f"{group}-{stage}" + (f"-{run_suffix}" if run_suffix else "")
         self.loggers: list[Logger] = [
-            CSVLogger(save_dir=artifact_dir, name="logs", version=run_suffix)
+            AppendingCSVLogger(save_dir=artifact_dir, name="logs", version=run_suffix)
         ]
         self.wandb: WandbLogger | None = None
         if cfg.backend == "tensorboard":
@@ -70,13 +107,15 @@ class StageLoggers:
                 TensorBoardLogger(save_dir=artifact_dir, name="tensorboard", version=run_suffix)
             )
         elif cfg.backend == "wandb":
-            self.wandb = self._start_wandb(group, outputs, config)
+            self.wandb = self._start_wandb(group, outputs, config, resume_id)
             if self.wandb is not None:
                 self.loggers.append(self.wandb)
         for logger in self.loggers:
             logger.log_hyperparams(config)
 
-    def _start_wandb(self, group: str, outputs: Path, config: dict[str, Any]) -> WandbLogger | None:
+    def _start_wandb(
+        self, group: str, outputs: Path, config: dict[str, Any], resume_id: str | None
+    ) -> WandbLogger | None:
         import wandb
 
         (outputs / "wandb").mkdir(parents=True, exist_ok=True)
@@ -89,10 +128,11 @@ class StageLoggers:
             tags=[*self.cfg.tags, self.stage],
             save_dir=str(outputs),
             config=config,
+            **({"id": resume_id, "resume": "allow"} if resume_id else {}),
             # Console capture and system-metric sampling cost up to half the throughput of a small
             # model on 2 cores (measured); metrics, config, media and artifacts are unaffected.
             settings=wandb.Settings(
-                init_timeout=30, silent=True, console="off", x_disable_stats=True
+                init_timeout=self.cfg.init_timeout, silent=True, console="off", x_disable_stats=True
             ),
         )
         mode = resolve_wandb_mode(self.cfg)
@@ -121,6 +161,10 @@ class StageLoggers:
             return None
         run = self.wandb.experiment
         return f"{run.dir}" if run.offline else run.path
+
+    @property
+    def wandb_run_id(self) -> str | None:
+        return None if self.wandb is None else self.wandb.experiment.id
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         for logger in self.loggers:

@@ -133,12 +133,12 @@ def make_datamodule(data_dir: Path, tokenizer, cfg: BenchmarkConfig, batch_size:
     return data
 
 
-def draw_batches(data, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+def draw_batches(data, n: int) -> list[dict[str, torch.Tensor]]:
     """The first `n` batches of the shuffled train loader (cycling if the epoch is shorter)."""
-    torch.manual_seed(seed)
     batches: list[dict[str, torch.Tensor]] = []
+    loader = data.train_dataloader()  # its order and masks follow from the datamodule's seed
     while len(batches) < n:
-        for batch in data.train_dataloader():
+        for batch in loader:
             batches.append(batch)
             if len(batches) == n:
                 break
@@ -150,10 +150,10 @@ def padding_share(batches) -> float:
     return 1 - real / sum(b["attention_mask"].numel() for b in batches)
 
 
-def bench_dataloader(data, n: int, seed: int) -> dict[str, float]:
+def bench_dataloader(data, n: int) -> dict[str, float]:
     """Batches/s of the train loader, collation (masking) included, after its first batch."""
-    torch.manual_seed(seed)
-    loader = iter(data.train_dataloader())
+    train = data.train_dataloader()
+    loader = iter(train)
     next(loader)
     seconds, count = [], 0
     for _ in range(n):
@@ -161,7 +161,7 @@ def bench_dataloader(data, n: int, seed: int) -> dict[str, float]:
         try:
             next(loader)
         except StopIteration:
-            loader = iter(data.train_dataloader())
+            loader = iter(train)
             continue
         seconds.append(time.perf_counter() - started)
         count += 1

@@ -89,9 +89,9 @@ class Benchmark:
     def batches(self, case: PretrainCase, n: int, device: torch.device, bucket: int = 0):
         data = bdata.make_datamodule(
             self.cache(case.seq_len), self.tokenizer, self.b, case.batch_size,
-            length_bucket_window=bucket,
+            length_bucket_window=bucket, seed=self.cfg.seed,
         )  # fmt: skip
-        return to_device(bdata.draw_batches(data, n, self.cfg.seed), device)
+        return to_device(bdata.draw_batches(data, n), device)
 
     def device_for(self, case: PretrainCase) -> torch.device | None:
         if case.device == "cuda" and not torch.cuda.is_available():
@@ -280,12 +280,12 @@ class Benchmark:
         for label, bucket in (("random (default)", 0), ("length-bucketed", b.bucket_window)):
             data = bdata.make_datamodule(
                 self.cache(case.seq_len), self.tokenizer, b, case.batch_size,
-                length_bucket_window=bucket,
+                length_bucket_window=bucket, seed=self.cfg.seed,
             )  # fmt: skip
             loaders.append(
                 {
                     "loader": label,
-                    **bdata.bench_dataloader(data, b.dataloader_batches, self.cfg.seed),
+                    **bdata.bench_dataloader(data, b.dataloader_batches),
                 }
             )
         step_ms = self.step_ms.get(key)

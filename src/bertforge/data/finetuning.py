@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from torch.utils.data import DataLoader
 
+from bertforge.data.resumable import ResumableLoader
 from bertforge.errors import DataError
 from bertforge.tasks import Example, TaskData
 from bertforge.tokenizer import (
@@ -78,7 +79,7 @@ class PaddingCollator:
         self.pad_id = pad_id
         self.label_dtype = torch.float if regression else torch.long
 
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict], generator=None) -> dict[str, torch.Tensor]:
         lengths = torch.tensor([len(row["input_ids"]) for row in rows])
         batch, width = len(rows), int(lengths.max())
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
@@ -116,6 +117,7 @@ class FinetuningDataModule(pl.LightningDataModule):
             raise DataError(f"the tokenizer has no {PAD} token; it is not a BERT tokenizer")
         self.collator = PaddingCollator(pad_id, task.task_type == "regression")
         self.encoded: dict[str, list[dict]] = {}
+        self.seed = 0  # of the training order; set per fine-tuning seed
 
     def setup(self, stage: str | None = None) -> None:
         if not self.encoded:  # Lightning calls setup for fit and again for test
@@ -125,21 +127,36 @@ class FinetuningDataModule(pl.LightningDataModule):
                 for split in needed
             }
 
-    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def loader(self, split: str) -> DataLoader:
+        """All of `split` in order, for evaluation outside Lightning's loops."""
         return DataLoader(
             self.encoded[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train", shuffle=True)
+    def _resumable(self, split: str, train: bool) -> ResumableLoader:
+        trainer = self.trainer
+        return ResumableLoader(
+            self.encoded[split],
+            self.batch_size,
+            self.collator,
+            seed=self.seed,
+            shuffle=train,
+            drop_last=False,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+            num_workers=self.num_workers,
+        )
 
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("validation")
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled by `self.seed` and the epoch; resumes mid-epoch from a checkpoint."""
+        return self._resumable("train", train=True)
+
+    def val_dataloader(self) -> ResumableLoader:
+        return self._resumable("validation", train=False)
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self.loader(split) for split in self.task.eval_splits]

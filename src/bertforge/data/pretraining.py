@@ -3,7 +3,8 @@
 Examples follow BERT's `create_pretraining_data.py`: sentences of one document are packed up to
 a target length; segment A is a prefix of that chunk and segment B either its true continuation
 or, half of the time, a span of another document (next_sentence_label 1, as in HF). Examples are
-built once per pretraining-data config and saved as Arrow; masking is redrawn for every batch.
+built once per pretraining-data config and saved as Arrow; masking is redrawn for every batch
+from a generator seeded by (seed, epoch, batch), so a resumed run draws the same masks.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Sampler
 
+from bertforge.data.resumable import ResumableLoader, derived_seed
 from bertforge.errors import DataError
 
 IGNORE_INDEX = -100
@@ -129,7 +130,9 @@ class MaskedLanguageModelingCollator:
         self.special_tensor = torch.tensor(special.all)
         self.first_regular_id = max(special.all) + 1
 
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, rows: list[dict], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         lengths = [len(row["input_ids"]) for row in rows]
         batch, width = len(rows), max(lengths)
         input_ids = torch.full((batch, width), self.special.pad, dtype=torch.long)
@@ -140,15 +143,17 @@ class MaskedLanguageModelingCollator:
         attention_mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
 
         candidates = attention_mask & ~torch.isin(input_ids, self.special_tensor)  # (B, T)
-        masked = candidates & (torch.rand(batch, width) < self.mask_rate)
+        masked = candidates & (torch.rand(batch, width, generator=generator) < self.mask_rate)
         if not masked.any():  # a tiny batch can draw no target at all; give it one
             masked.view(-1)[candidates.view(-1).nonzero()[0]] = True
         mlm_labels = input_ids.masked_fill(~masked, IGNORE_INDEX)
-        draw = torch.rand(batch, width)
+        draw = torch.rand(batch, width, generator=generator)
         to_mask_token = masked & (draw < 0.8)
         to_random = masked & (draw >= 0.8) & (draw < 0.9)
         input_ids = input_ids.masked_fill(to_mask_token, self.special.mask)
-        random_ids = torch.randint(self.first_regular_id, self.vocab_size, (batch, width))
+        random_ids = torch.randint(
+            self.first_regular_id, self.vocab_size, (batch, width), generator=generator
+        )
         input_ids = torch.where(to_random, random_ids, input_ids)
         return {
             "input_ids": input_ids,
@@ -160,40 +165,12 @@ class MaskedLanguageModelingCollator:
         }
 
 
-class LengthBucketBatchSampler(Sampler[list[int]]):
-    """Shuffled batches of similar length: less compute spent on padding.
-
-    Each epoch shuffles the examples, sorts every window of `window` batches by length, cuts it
-    into batches and shuffles the batch order. Incomplete last batches are dropped.
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, window: int) -> None:
-        self.lengths = torch.as_tensor(lengths)
-        self.batch_size = batch_size
-        self.window = window
-
-    def __len__(self) -> int:
-        return len(self.lengths) // self.batch_size
-
-    def __iter__(self):
-        # One draw from the global RNG per epoch, like RandomSampler: seed_everything applies.
-        g = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
-        order = torch.randperm(len(self.lengths), generator=g)
-        span = self.window * self.batch_size
-        batches = []
-        for start in range(0, len(order) - self.batch_size + 1, span):
-            chunk = order[start : start + span]
-            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
-            full = len(chunk) // self.batch_size * self.batch_size
-            batches += chunk[:full].view(-1, self.batch_size).tolist()
-        for i in torch.randperm(len(batches), generator=g).tolist():
-            yield batches[i]
-
-
 class PretrainingDataModule(pl.LightningDataModule):
     """Serves the Arrow example cache (`<data_dir>/{train,validation}`), memory-mapped.
 
-    `length_bucket_window` > 0 draws training batches with `LengthBucketBatchSampler`.
+    Batches come from `ResumableLoader`s: training order and masks follow from (seed, epoch,
+    batch), validation masks are the same at every evaluation, and a resumed run continues
+    mid-epoch where it stopped. `length_bucket_window` > 0 batches examples of similar length.
     """
 
     def __init__(
@@ -203,6 +180,7 @@ class PretrainingDataModule(pl.LightningDataModule):
         batch_size: int,
         num_workers: int = 0,
         length_bucket_window: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
@@ -210,6 +188,7 @@ class PretrainingDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.length_bucket_window = length_bucket_window
+        self.seed = seed
 
     def setup(self, stage: str | None = None) -> None:
         from datasets import load_from_disk
@@ -222,27 +201,32 @@ class PretrainingDataModule(pl.LightningDataModule):
                 f"pretrain.global_batch_size={self.batch_size}; lower the batch size or add text"
             )
 
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        common = dict(
-            collate_fn=self.collator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-        if shuffle and self.length_bucket_window > 0:
+    def _loader(self, dataset, train: bool) -> ResumableLoader:
+        lengths = None
+        if train and self.length_bucket_window > 0:
             import pyarrow.compute as pc
 
             lengths = pc.list_value_length(dataset.data.column("input_ids")).to_pylist()
-            sampler = LengthBucketBatchSampler(lengths, self.batch_size, self.length_bucket_window)
-            return DataLoader(dataset, batch_sampler=sampler, **common)
-        return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle, **common
+        trainer = self.trainer
+        return ResumableLoader(
+            dataset,
+            self.batch_size,
+            self.collator,
+            seed=derived_seed(self.seed, "train" if train else "validation"),
+            shuffle=train,
+            drop_last=train,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+            num_workers=self.num_workers,
+            lengths=lengths,
+            bucket_window=self.length_bucket_window if train else 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, shuffle=True)
+    def train_dataloader(self) -> ResumableLoader:
+        return self._loader(self.train, train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.validation, shuffle=False)
+    def val_dataloader(self) -> ResumableLoader:
+        return self._loader(self.validation, train=False)
 
 
 def special_ids_of(tokenizer) -> SpecialIds:

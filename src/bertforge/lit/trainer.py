@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
 
 from bertforge.config import TrainerConfig
 from bertforge.errors import ConfigError
+
+RNG_KEY = "bertforge_rng_states"
+RUN_ID_KEY = "wandb_run_id"
 
 
 def world_size(cfg: TrainerConfig) -> int:
@@ -18,8 +25,6 @@ def world_size(cfg: TrainerConfig) -> int:
     if isinstance(devices, (list, tuple)):
         devices = len(devices)
     elif devices in ("auto", -1, "-1"):
-        import torch
-
         devices = torch.cuda.device_count() if cfg.accelerator in ("gpu", "cuda") else 1
     return max(1, int(devices)) * cfg.num_nodes
 
@@ -44,6 +49,78 @@ def last_checkpoint(directory: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def checkpoint_run_id(directory: Path) -> str | None:
+    """The W&B run id stored in `<directory>`'s last checkpoint, to continue that run."""
+    path = last_checkpoint(directory)
+    if path is None:
+        return None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return checkpoint.get(RUN_ID_KEY)
+
+
+def rng_states() -> dict[str, Any]:
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": list(np.random.get_state()[1:3]),  # (keys, pos) of the MT19937 state
+    }
+    states["numpy"][0] = torch.from_numpy(states["numpy"][0].copy())
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in states["python"]))
+    keys, pos = states["numpy"]
+    np.random.set_state(("MT19937", keys.numpy(), int(pos)))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`<root>/checkpoints/last.ckpt`, to resume from: every `every_n_train_steps` steps (None:
+    none) and after every validation of a fit.
+
+    A step that validates is saved after its validation, never before: Lightning resumes a
+    checkpoint written at a step's end as if that step's validation had run, so an earlier
+    save would lose the validation (and, when fine-tuning, the best checkpoint it picks). Put
+    it after the other checkpoint callbacks, so it records their state after a validation.
+    """
+
+    def __init__(self, root_dir: Path, every_n_train_steps: int | None) -> None:
+        super().__init__(
+            dirpath=Path(root_dir) / "checkpoints",
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=every_n_train_steps,
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class ResumeState(Callback):
+    """Stores what Lightning's checkpoints leave out, so a killed run resumes as if never
+    stopped: the RNG states (dropout draws) and the id of the W&B run to continue."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[RNG_KEY] = rng_states()
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                checkpoint[RUN_ID_KEY] = logger.version
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
+        if RNG_KEY in checkpoint:
+            set_rng_states(checkpoint[RNG_KEY])
+
+
 def make_trainer(
     cfg: TrainerConfig,
     *,
@@ -58,12 +135,6 @@ def make_trainer(
     checkpoint_every_n_steps: int | None = None,
     callbacks: list[Callback] = (),
 ) -> pl.Trainer:
-    checkpoint = ModelCheckpoint(
-        dirpath=Path(root_dir) / "checkpoints",
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=checkpoint_every_n_steps,
-    )
     if cfg.enable_progress_bar:
         callbacks = [TQDMProgressBar(refresh_rate=cfg.progress_refresh_rate), *callbacks]
     return pl.Trainer(
@@ -84,5 +155,5 @@ def make_trainer(
         enable_model_summary=False,
         default_root_dir=root_dir,
         logger=loggers,
-        callbacks=[checkpoint, *callbacks],
+        callbacks=[*callbacks, ResumeState(), LastCheckpoint(root_dir, checkpoint_every_n_steps)],
     )

@@ -1,0 +1,186 @@
+"""SIGKILL a training run at random points; the same command resumes it to the same result.
+
+A killed pretraining or fine-tuning build keeps `last.ckpt` (weights, optimizer, scheduler, step,
+RNG states, data position, W&B run id). Rerunning the command continues from it, continues the
+same W&B run and, on CPU, ends with exactly the weights of a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bertforge.data.resumable import ResumableLoader
+from bertforge.store import MANIFEST
+from conftest import TINY, kill_group, run_entry_point, start_entry_point
+
+pytestmark = pytest.mark.slow
+
+PRETRAIN = [
+    *TINY, "pretrain.max_steps=16", "pretrain.val_check_interval=5",
+    "pretrain.checkpoint_every_n_steps=1", "logger=wandb", "run_name=resume",
+]  # fmt: skip
+FINETUNE = [
+    *TINY, "finetune.seeds=[1,2]", "finetune.max_steps=10", "finetune.max_epochs=2",
+    "finetune.checkpoint_every_n_steps=1", "logger=wandb", "run_name=resume",
+]  # fmt: skip
+
+
+def checkpoint_writes(pattern: str, root: Path) -> int:
+    """A number that changes whenever a `last.ckpt` under `root` is (re)written."""
+    return sum(p.stat().st_mtime_ns for p in root.glob(pattern) if p.is_file())
+
+
+def kill_after_checkpoints(script, overrides, root: Path, pattern: str, n: int, rng) -> None:
+    """Start the command, wait for `n` more checkpoint writes, sleep a random moment, SIGKILL."""
+    process = start_entry_point(script, *overrides)
+    seen, last = 0, checkpoint_writes(pattern, root)
+    deadline = time.monotonic() + 240
+    try:
+        while seen < n:
+            assert process.poll() is None, f"finished before the kill: {process.stderr.read()}"
+            assert time.monotonic() < deadline, "no checkpoint was written in time"
+            time.sleep(0.01)
+            if (now := checkpoint_writes(pattern, root)) != last:
+                seen, last = seen + 1, now
+        time.sleep(rng.uniform(0.0, 0.15))
+    finally:
+        kill_group(process)
+
+
+def run_to_completion(script: str, overrides: list[str]) -> None:
+    result = run_entry_point(script, *overrides)
+    assert result.returncode == 0, result.stderr[-6000:]
+
+
+def artifact_dir(outputs: Path, stage: str) -> Path:
+    (path,) = (outputs / "artifacts" / stage).glob("[0-9a-f]*")
+    return path
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    ours, theirs = load_file(a), load_file(b)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0, msg=name)
+
+
+def logged_steps(metrics_csv: Path, column: str) -> set[int]:
+    with open(metrics_csv, newline="") as f:
+        return {int(row["step"]) for row in csv.DictReader(f) if row.get(column)}
+
+
+def offline_run_ids(outputs: Path, run_dir: str) -> list[str]:
+    """The W&B run id of the offline run directory, and of every directory with that id."""
+    run_id = Path(run_dir).parent.name.rsplit("-", 1)[-1]
+    return [p.name for p in (outputs / "wandb").glob(f"offline-run-*-{run_id}")]
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory) -> Path:
+    """Outputs with the tokenizer, pretraining data and a pretrained model to start from: built
+    once and copied, because WordPiece training is not deterministic (tokenizers#1794)."""
+    outputs = tmp_path_factory.mktemp("upstream")
+    run_to_completion("pretrain.py", [*TINY, "logger=csv", f"paths.outputs={outputs}"])
+    return outputs
+
+
+def copies(upstream: Path, *dirs: Path, without: str | None = None) -> tuple[Path, ...]:
+    """Copies of the upstream outputs, leaving out the `without` stage's artifacts."""
+    for directory in dirs:
+        shutil.copytree(upstream, directory)
+        if without:
+            shutil.rmtree(directory / "artifacts" / without)
+    return dirs
+
+
+def test_killed_pretraining_resumes_to_the_uninterrupted_result(upstream, tmp_path):
+    dirs = copies(upstream, tmp_path / "reference", tmp_path / "killed", without="pretrain")
+    reference, killed = dirs
+    run_to_completion("pretrain.py", [*PRETRAIN, f"paths.outputs={reference}"])
+    overrides = [*PRETRAIN, f"paths.outputs={killed}"]
+    rng = random.Random()
+    pattern = "artifacts/pretrain/*/checkpoints/last.ckpt"
+    kill_steps = []
+    for _ in range(3):
+        kill_after_checkpoints("pretrain.py", overrides, killed, pattern, rng.randint(1, 4), rng)
+        (ckpt,) = killed.glob(pattern)
+        kill_steps.append(torch.load(ckpt, weights_only=True, mmap=True)["global_step"])
+    assert kill_steps == sorted(kill_steps) and kill_steps[-1] < 16, kill_steps  # progress kept
+    assert not list(killed.glob(f"artifacts/pretrain/*/{MANIFEST}"))  # nothing looks complete
+    run_to_completion("pretrain.py", overrides)
+
+    ours, theirs = artifact_dir(killed, "pretrain"), artifact_dir(reference, "pretrain")
+    assert_same_weights(ours / "model.safetensors", theirs / "model.safetensors")
+    manifest = json.loads((ours / MANIFEST).read_text())
+    expected = json.loads((theirs / MANIFEST).read_text())["metrics"]
+    for key in ("val_loss_mlm", "val_mlm_accuracy", "val_loss_nsp", "steps"):
+        assert manifest["metrics"][key] == pytest.approx(expected[key], abs=1e-6), key
+    # no metric row was lost: every step the reference logged is in the resumed CSV
+    ref_steps = logged_steps(theirs / "logs" / "metrics.csv", "train/loss")
+    assert ref_steps <= logged_steps(ours / "logs" / "metrics.csv", "train/loss")
+    # one W&B run, continued by every process that trained (3 killed + the last one)
+    assert len(offline_run_ids(killed, manifest["wandb_runs"][0])) == 4
+
+
+def test_killed_finetuning_resumes_every_seed_to_the_uninterrupted_result(upstream, tmp_path):
+    reference, killed = copies(upstream, tmp_path / "reference", tmp_path / "killed")
+    run_to_completion("finetune.py", [*FINETUNE, f"paths.outputs={reference}"])
+    overrides = [*FINETUNE, f"paths.outputs={killed}"]
+    rng = random.Random()
+    pattern = "artifacts/finetune/*/training/seed*/checkpoints/last.ckpt"
+    for n in (rng.randint(1, 12), rng.randint(1, 5)):  # of 20 steps over 2 seeds
+        kill_after_checkpoints("finetune.py", overrides, killed, pattern, n, rng)
+    assert not list(killed.glob(f"artifacts/finetune/*/{MANIFEST}"))
+    run_to_completion("finetune.py", overrides)
+
+    ours, theirs = artifact_dir(killed, "finetune"), artifact_dir(reference, "finetune")
+    assert_same_weights(ours / "model.safetensors", theirs / "model.safetensors")
+    assert_same_weights(ours / "hf" / "model.safetensors", theirs / "hf" / "model.safetensors")
+    with open(ours / "results.csv") as a, open(theirs / "results.csv") as b:
+        got, want = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert [r["seed"] for r in got] == ["1", "2", "mean", "std"]
+    for row, expected in zip(got, want, strict=True):
+        for key in ("accuracy", "f1", "steps"):
+            assert float(row[key]) == pytest.approx(float(expected[key]), abs=1e-9), (row, key)
+    assert not (ours / "training").exists()  # per-seed checkpoints are removed once complete
+
+
+def test_loader_state_is_the_next_batch_and_epochs_advance():
+    def loader():
+        return ResumableLoader(list(range(10)), 3, lambda rows, g: rows, seed=0)
+
+    first = loader()
+    it = iter(first)
+    next(it), next(it)
+    assert first.state_dict() == {"epoch": 0, "batches": 2}
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    assert list(resumed) == first.batches(0)[2:]  # continues with batch 2, then stops
+    assert next(it) == first.batches(0)[2]  # the last batch: the position moves to epoch 1
+    assert first.state_dict() == {"epoch": 1, "batches": 0}
+    assert list(first) == first.batches(1) != first.batches(0)  # every epoch its own order
+    assert len(first) == 3  # drop_last
+
+
+def test_loader_shards_ranks_like_a_distributed_sampler():
+    data = list(range(11))
+    shards = [
+        ResumableLoader(data, 5, lambda r, g: r, seed=3, rank=r, world_size=2) for r in [0, 1]
+    ]
+    seen = [i for shard in shards for batch in shard.batches(0) for i in batch]
+    assert len(seen) == len(set(seen)) == 10  # drop_last: 11 -> 10, no example twice
+    padded = [
+        ResumableLoader(data, 4, lambda r, g: r, seed=3, rank=r, world_size=2, drop_last=False)
+        for r in (0, 1)
+    ]
+    assert sorted({i for s in padded for b in s.batches(0) for i in b}) == data
+    assert [len(s) for s in padded] == [2, 2]
