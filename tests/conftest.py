@@ -60,16 +60,16 @@ def run_entry_point(script: str, *overrides: str, timeout: float = 300):
     )
 
 
-def start_entry_point(script: str, *overrides: str, **kwargs) -> subprocess.Popen:
-    """Start `pipelines/<script>` in its own process group (see `kill_group`)."""
+def start_entry_point(script: str, *overrides: str, log: bool = False) -> subprocess.Popen:
+    """Start `pipelines/<script>` in its own process group (see `kill_group`). Its stderr is
+    piped; with `log`, stdout (Hydra's log lines) and stderr are piped together to stdout."""
     return subprocess.Popen(
         [sys.executable, str(REPO / "pipelines" / script), *overrides],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE if log else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else subprocess.PIPE,
         text=True,
         cwd=REPO,
         start_new_session=True,
-        **kwargs,
     )
 
 

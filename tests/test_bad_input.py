@@ -159,6 +159,8 @@ CASES = [
     # -- start-up: the typed config -----------------------------------------------------------
     case("unknown-key-did-you-mean", "pretrain.py", ["pretrain.mask_rat=0.2"],
          "unknown config key 'pretrain.mask_rat' (did you mean 'mask_rate'?)"),
+    case("unknown-group-option", "run.py", ["model=bert_huge"],
+         "model=bert_huge is not an option of the model group; choose one of bert_base"),
     case("unknown-key-lists-the-keys", "finetune.py", ["finetune.seed=1"],
          "(did you mean 'seeds'?); keys under finetune:"),
     case("hidden-size-not-divisible-by-heads", "run.py",
@@ -266,6 +268,10 @@ CASES = [
     case("batch-larger-than-dataset", "pretrain.py", ["pretrain.global_batch_size=100000"],
          "fewer than pretrain.global_batch_size=100000; lower the batch size or add text",
          "pretrain"),
+    case("finetune-batch-larger-than-dataset", "finetune.py",
+         [*HF_INIT, "finetune.global_batch_size=1000"],
+         "finetune.global_batch_size=1000 exceeds the 48 training examples of task bbc_news; "
+         "lower finetune.global_batch_size", "finetune"),
     # -- extract and visualize ------------------------------------------------------------------
     case("extract-layer-out-of-range", "extract.py", ["extract.source=pretrain",
          "extract.layers=[7]"], "use indices from -3 to 2", "extract"),

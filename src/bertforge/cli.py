@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,16 @@ from bertforge.distributed import (
 from bertforge.errors import BertforgeError
 
 EXIT_BAD_INPUT = 2
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the entry points' config_path
+# errno values of a write that the user can fix (permissions, read-only or full disk, quota)
+WRITE_ERRNOS = {
+    errno.EACCES: "set paths.outputs to a directory you can write to",
+    errno.EPERM: "set paths.outputs to a directory you can write to",
+    errno.EROFS: "set paths.outputs to a directory on a writable file system",
+    errno.ENOSPC: "free disk space or set paths.outputs to a disk with room",
+    errno.EDQUOT: "free disk space (quota) or set paths.outputs to a disk with room",
+    errno.EFBIG: "the file size limit (ulimit -f) was reached; raise it or write less",
+}
 HYDRA_ONLY_GROUPS = ("experiment", "hparams_search")  # conf/ groups that only set other keys
 SUMMARY_METRICS = {
     "tokenizer": ("vocab_size", "unk_rate", "tokens_per_word", "train_seconds"),
@@ -69,17 +80,61 @@ def unknown_key_message(key: str, root: type = Config) -> str | None:
     return None
 
 
-def check_overrides(argv: Sequence[str] | None = None, root: type = Config) -> None:
-    """Fail fast, listing the allowed keys, when a `key=value` override names no config key."""
+def unknown_option_message(group: str, value: str, conf_dir: Path = CONF_DIR) -> str | None:
+    """Why `group=value` names no `conf/<group>/<value>.yaml` (value may be a sweep "a,b")."""
+    options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+    if not options or "(" in value:  # not a group, or a sweep function such as choice(...)
+        return None
+    for option in value.split(","):
+        if option not in options:
+            return f"{group}={option} is not an option of the {group} group; choose one of " + (
+                ", ".join(options)
+            )
+    return None
+
+
+def check_overrides(
+    argv: Sequence[str] | None = None, root: type = Config, conf_dir: Path = CONF_DIR
+) -> None:
+    """Fail fast, listing what is allowed, when a `key=value` override names no config key or
+    no option of a config group."""
     args = sys.argv[1:] if argv is None else argv
     for arg in args:
         if arg.startswith(("-", "+", "~", "hydra.", "hydra/")) or "=" not in arg:
             continue
-        key = arg.split("=", 1)[0].split("@", 1)[0]
+        key, value = arg.split("=", 1)
+        key = key.split("@", 1)[0]
         if key in HYDRA_ONLY_GROUPS:
             continue
-        if message := unknown_key_message(key, root):
+        message = unknown_option_message(key, value, conf_dir) or unknown_key_message(key, root)
+        if message:
             fail(message)
+    check_writable(outputs_dir(args, conf_dir))
+
+
+def outputs_dir(args: Sequence[str], conf_dir: Path = CONF_DIR) -> Path:
+    """`paths.outputs` as the command line (last override) or conf/config.yaml sets it."""
+    overrides = [a.split("=", 1)[1] for a in args if a.startswith("paths.outputs=")]
+    if overrides:
+        return Path(overrides[-1]).expanduser()
+    from omegaconf import OmegaConf
+
+    return Path(str(OmegaConf.load(conf_dir / "config.yaml").paths.outputs)).expanduser()
+
+
+def check_writable(directory: Path) -> None:
+    """Fail with the fix before Hydra creates its run directory in an unwritable place."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        fixes = WRITE_ERRNOS | {errno.ENOTDIR: "set paths.outputs to a directory, not a file"}
+        if exc.errno not in fixes:
+            raise
+        fail(f"paths.outputs={directory} is not writable ({exc.strerror}); {fixes[exc.errno]}")
 
 
 def hydra_run_name() -> str | None:
@@ -136,6 +191,13 @@ def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None
         fail(str(exc))
     except OmegaConfBaseException as exc:
         fail(str(exc).splitlines()[0])
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        fail(
+            f"cannot write {exc.filename or 'an output file'}: {exc.strerror}; "
+            f"{WRITE_ERRNOS[exc.errno]} (the unfinished artifact is not marked complete)"
+        )
     finally:
         if own_ranks:
             end_distributed_job()

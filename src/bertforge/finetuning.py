@@ -25,7 +25,7 @@ import matplotlib
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from tokenizers import Tokenizer
 
 from bertforge.config import Config
@@ -40,6 +40,7 @@ from bertforge.pretraining import (
     TOKENIZER_FILES,
     WEIGHTS,
     bert_config_for,
+    load_artifact_model,
     load_pretrained,
 )
 from bertforge.store import BuildContext, write_json_atomic
@@ -135,6 +136,11 @@ def run_finetuning(
     """
     f = cfg.finetune
     task = load_task(cfg.task)
+    if f.global_batch_size > (n := len(task.splits["train"])):
+        raise ConfigError(
+            f"finetune.global_batch_size={f.global_batch_size} exceeds the {n} training examples "
+            f"of task {task.name}; lower finetune.global_batch_size (or raise task.max_examples)"
+        )
     start = starting_point(cfg, ctx, task)
     if f.max_seq_length > start.config.max_position_embeddings:
         raise ConfigError(
@@ -396,9 +402,9 @@ def save_finetuned(model: BertForSequenceClassification, task: TaskData, out_dir
 def load_finetuned(artifact_dir: Path) -> tuple[BertForSequenceClassification, BertConfig, list]:
     """(model, config, label names or None for regression) from a finetune artifact."""
     artifact_dir = Path(artifact_dir)
-    config = BertConfig(**json.loads((artifact_dir / MODEL_CONFIG).read_text()))
-    model = BertForSequenceClassification(config)
-    load_model(model, str(artifact_dir / WEIGHTS))
+    model, config = load_artifact_model(
+        artifact_dir, BertForSequenceClassification, "pipelines/finetune.py"
+    )
     labels = json.loads((artifact_dir / LABELS).read_text())
     return model, config, labels["label_names"]
 

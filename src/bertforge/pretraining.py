@@ -15,6 +15,7 @@ from bertforge.data.pretraining import (
     PretrainingDataModule,
     special_ids_of,
 )
+from bertforge.errors import DataError
 from bertforge.hf import export_hf
 from bertforge.lit.pretrain import PretrainingModule
 from bertforge.lit.trainer import batch_plan, last_checkpoint, make_trainer
@@ -117,13 +118,33 @@ def run_pretraining(cfg: Config, ctx: BuildContext, loggers: StageLoggers) -> di
     return metrics
 
 
-def load_pretrained(artifact_dir: Path):
-    """(BertForPreTraining, BertConfig) from a pretrain artifact directory."""
+def load_artifact_model(artifact_dir: Path, model_class, rebuild: str):
+    """(model, BertConfig) from our weights and config in an artifact directory; a damaged
+    file is a DataError that says how to rebuild the artifact (`rebuild`: its entry point)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    artifact_dir = Path(artifact_dir)
+    fix = f"delete {artifact_dir} or rerun {rebuild} with force=true to rebuild it"
+    try:
+        config = BertConfig(**json.loads((artifact_dir / MODEL_CONFIG).read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise DataError(
+            f"{artifact_dir / MODEL_CONFIG} is missing or damaged ({err}); {fix}"
+        ) from None
+    model = model_class(config)
+    try:
+        load_model(model, str(artifact_dir / WEIGHTS))
+    except (OSError, SafetensorError, RuntimeError) as err:
+        reason = str(err).splitlines()[0][:120]
+        raise DataError(
+            f"{artifact_dir / WEIGHTS} is truncated or damaged ({reason}); {fix}"
+        ) from None
+    return model, config
+
+
+def load_pretrained(artifact_dir: Path):
+    """(BertForPreTraining, BertConfig) from a pretrain artifact directory."""
     from bertforge.model import BertForPreTraining
 
-    config = BertConfig(**json.loads((Path(artifact_dir) / MODEL_CONFIG).read_text()))
-    model = BertForPreTraining(config)
-    load_model(model, str(Path(artifact_dir) / WEIGHTS))
-    return model, config
+    return load_artifact_model(artifact_dir, BertForPreTraining, "pipelines/pretrain.py")

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from bertforge.distributed import global_rank, is_rank_zero
 
@@ -160,7 +160,7 @@ class ArtifactStore:
         lock_dir = self.root / stage / ".locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(lock_dir / f"{hash_}.lock", timeout=lock_timeout)
-        with lock:
+        with self._locked(lock, stage, hash_):
             if not force and (found := self.lookup(stage, hash_)):
                 log.info("reusing %s artifact %s built concurrently", stage, hash_)
                 return found
@@ -186,6 +186,21 @@ class ArtifactStore:
             }
             write_json_atomic(path / MANIFEST, manifest)
         return Artifact(stage, hash_, path, manifest, reused=False)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _locked(lock: FileLock, stage: str, hash_: str):
+        """Hold `lock`, saying so when another process holds it. It is an OS lock (flock): a
+        killed holder's lock is released by the kernel, so a stale lock file never blocks."""
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("waiting for another process that is building %s %s", stage, hash_)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _follow_rank_zero(self, stage, hash_, upstream, builder, distributed) -> Artifact:
         path = self.path_for(stage, hash_)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +47,22 @@ def batch_plan(global_batch: int, cfg: TrainerConfig, micro_batch: int | None, k
 
 
 def last_checkpoint(directory: Path) -> Path | None:
-    """`<directory>/checkpoints/last.ckpt` if an interrupted run left one, for resuming."""
+    """`<directory>/checkpoints/last.ckpt` if an interrupted run left one, for resuming.
+
+    An unreadable one (cut short by a full disk) is set aside as `last.ckpt.damaged` with a
+    warning, and training starts over rather than failing on every rerun."""
     path = Path(directory) / "checkpoints" / "last.ckpt"
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        with zipfile.ZipFile(path):  # torch.save writes a zip; a cut one has no directory
+            return path
+    except (zipfile.BadZipFile, OSError) as err:
+        damaged = path.with_name("last.ckpt.damaged")
+        os.replace(path, damaged)
+        message = f"{path} is unreadable ({err}); moved to {damaged}, training from the start"
+        warnings.warn(message, stacklevel=2)
+        return None
 
 
 def checkpoint_run_id(directory: Path) -> str | None:

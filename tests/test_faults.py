@@ -1,0 +1,250 @@
+"""Faults injected for real: a kill in the middle of writing each kind of artifact, processes
+racing for the same missing stage, a lock left by a killed process, an unwritable output
+directory, a full disk, damaged checkpoints. (Kills during training: test_resume.py.)"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertforge.errors import DataError
+from conftest import REPO, TINY, run_entry_point, start_entry_point
+
+pytestmark = pytest.mark.slow
+
+MANIFEST = "manifest.json"
+EXTRACT = [  # extract from the pretrained encoder: no fine-tuning upstream
+    "extract.source=pretrain", "extract.words=[said]", "visualize.n_jobs=1",
+    "visualize.compare_methods=false", "visualize.n_iter=250",
+    "visualize.early_exaggeration_iter=100", "visualize.snapshots=[100]",
+    "visualize.perplexity=10",
+]  # fmt: skip
+
+
+def ok(script: str, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = run_entry_point(script, *TINY, *EXTRACT, *overrides, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def manifests(outputs: Path, stage: str) -> list[Path]:
+    return list((outputs / "artifacts" / stage).glob(f"*/{MANIFEST}"))
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory) -> Path:
+    """tokenizer, pretrain_data, pretrain and extract artifacts, built once and copied."""
+    outputs = tmp_path_factory.mktemp("upstream")
+    ok("extract.py", f"paths.outputs={outputs}")
+    return outputs
+
+
+def copy_without(upstream: Path, target: Path, *stages: str) -> Path:
+    shutil.copytree(upstream, target)
+    for stage in stages:
+        shutil.rmtree(target / "artifacts" / stage, ignore_errors=True)
+    return target
+
+
+# --- A kill in the middle of a write -------------------------------------------------------
+
+
+def readable_tokenizer(artifact: Path) -> None:
+    from tokenizers import Tokenizer
+
+    assert Tokenizer.from_file(str(artifact / "tokenizer.json")).get_vocab_size() > 100
+
+
+def readable_export(artifact: Path) -> None:
+    from bertforge.hf import read_hf_checkpoint
+
+    state_dict, config = read_hf_checkpoint(artifact / "hf")
+    assert config.hidden_size == 128 and state_dict
+
+
+def readable_embeddings(artifact: Path) -> None:
+    from bertforge.embed import load_embeddings
+
+    X, rows = load_embeddings(artifact / "sentences")
+    assert len(X) == len(rows) > 0
+
+
+def readable_figures(artifact: Path) -> None:
+    from PIL import Image
+
+    pngs = list(artifact.rglob("*.png"))
+    assert pngs
+    for png in pngs:
+        with Image.open(png) as image:
+            image.load()  # a cut PNG raises here
+
+
+KILLS = {  # writer patched to die right after writing, the stage, how to read it back
+    "tokenizer-save": ("bertforge.tokenizer:save_tokenizer", "tokenizer.py", "tokenizer",
+                       readable_tokenizer, ("tokenizer", "pretrain_data", "pretrain", "extract")),
+    "hf-export": ("bertforge.pretraining:export_hf", "pretrain.py", "pretrain",
+                  readable_export, ("pretrain", "extract")),
+    "embeddings": ("bertforge.embed:_Output.commit", "extract.py", "extract",
+                   readable_embeddings, ("extract",)),
+    "figure": ("bertforge.viz:save_figure", "visualize.py", "visualize", readable_figures, ()),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(KILLS))
+def test_kill_while_writing_leaves_nothing_complete_and_the_rerun_rebuilds(
+    kind, upstream, tmp_path
+):
+    writer, script, stage, read_back, missing = KILLS[kind]
+    outputs = copy_without(upstream, tmp_path / "outputs", *missing)
+    overrides = [*TINY, *EXTRACT, f"paths.outputs={outputs}"]
+    killed = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "kill_during_write.py"), writer, script, *overrides],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "killed after cutting" in killed.stderr
+    (partial,) = (outputs / "artifacts" / stage).glob("[0-9a-f]*")
+    assert not (partial / MANIFEST).exists()  # a cut file, but nothing that looks complete
+    assert list((outputs / "artifacts" / stage / ".locks").glob("*.lock"))  # the dead one's
+
+    ok(script, f"paths.outputs={outputs}", timeout=240)  # the stale lock does not block
+    (manifest,) = manifests(outputs, stage)
+    read_back(manifest.parent)
+
+
+# --- Races and locks -----------------------------------------------------------------------
+
+
+def test_four_processes_build_a_missing_stage_once_and_the_others_reuse_it(tmp_path):
+    outputs = tmp_path / "outputs"
+    overrides = [*TINY, "trainer.num_threads=1", f"paths.outputs={outputs}"]
+    processes = [start_entry_point("pretrain.py", *overrides, log=True) for _ in range(4)]
+    logs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], [log[-2000:] for log in logs]
+    text = "\n".join(logs)
+    for stage in ("tokenizer", "pretrain_data", "pretrain"):
+        assert text.count(f"building {stage} artifact") == 1, stage
+        assert len(list((outputs / "artifacts" / stage).glob("[0-9a-f]*"))) == 1
+        reused = text.count(f"reusing {stage} artifact")
+        assert reused == 3, (stage, reused)
+    assert "waiting for another process that is building" in text
+
+
+def test_a_lock_held_by_a_killed_process_does_not_deadlock(tmp_path):
+    """Hold a stage's lock in another process, SIGKILL it, then build: no waiting."""
+    from filelock import FileLock
+
+    from bertforge.store import ArtifactStore, config_hash
+
+    store = ArtifactStore(tmp_path)
+    lock = tmp_path / "tokenizer" / ".locks" / f"{config_hash({'x': 1}, {})}.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, filelock; held = filelock.FileLock(sys.argv[1]);"
+         " held.acquire(); print('held', flush=True); time.sleep(600)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(TimeoutError):  # while it lives, the lock is really held
+        FileLock(lock, timeout=0.2).acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert lock.exists()  # the file stays behind; the kernel dropped the lock with the process
+    artifact = store.build("tokenizer", {"x": 1}, {}, lambda ctx: {"m": 1.0}, lock_timeout=10)
+    assert artifact.metrics == {"m": 1.0}
+
+
+# --- Unwritable and full disks -------------------------------------------------------------
+
+
+def without_root_override() -> list[str]:
+    """A command prefix under which permission bits bind: for root, drop the capabilities
+    that let it write anywhere (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH)."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without util-linux's setpriv: permissions cannot bind")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+def test_unwritable_output_directory_is_one_line_and_writes_nothing(tmp_path):
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o555)
+    try:
+        result = subprocess.run(
+            [*without_root_override(), sys.executable, str(REPO / "pipelines" / "pretrain.py"),
+             *TINY, f"paths.outputs={readonly / 'outputs'}"],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+    finally:
+        readonly.chmod(0o755)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: paths.outputs=") and "not writable" in last, last
+    assert "set paths.outputs to a directory you can write to" in last
+    assert not list(readonly.iterdir())
+
+
+def limit_file_size(max_bytes: int):
+    def limit() -> None:  # in the child: a file may not grow past max_bytes, like a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return limit
+
+
+def test_full_disk_is_one_line_marks_nothing_complete_and_the_rerun_finishes(upstream, tmp_path):
+    outputs = copy_without(upstream, tmp_path / "outputs", "pretrain", "extract")
+    overrides = [*TINY, f"paths.outputs={outputs}", "logger=csv"]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "pretrain.py"), *overrides],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        preexec_fn=limit_file_size(256 * 1024),  # the checkpoint (~3 MB) cannot be written
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write ") and "File too large" in last, last
+    assert "not marked complete" in last
+    assert not manifests(outputs, "pretrain")
+    ok("pretrain.py", f"paths.outputs={outputs}", "logger=csv")
+    assert manifests(outputs, "pretrain")
+
+
+# --- Damaged files from earlier runs -------------------------------------------------------
+
+
+def test_damaged_last_checkpoint_is_set_aside_and_training_starts_over(tmp_path):
+    from bertforge.lit.trainer import last_checkpoint
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    torch.save({"global_step": 3}, checkpoints / "last.ckpt")
+    assert last_checkpoint(tmp_path) == checkpoints / "last.ckpt"
+    data = (checkpoints / "last.ckpt").read_bytes()
+    (checkpoints / "last.ckpt").write_bytes(data[: len(data) // 2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert last_checkpoint(tmp_path) is None
+    assert "training from the start" in str(caught[0].message)
+    assert (checkpoints / "last.ckpt.damaged").exists()
+
+
+def test_truncated_weights_of_a_complete_artifact_name_the_rebuild(upstream, tmp_path):
+    from bertforge.pretraining import load_pretrained
+
+    (artifact,) = (upstream / "artifacts" / "pretrain").glob("[0-9a-f]*")
+    damaged = shutil.copytree(artifact, tmp_path / "pretrain")
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(DataError, match=r"is truncated or damaged .*rerun pipelines/pretrain\.py"):
+        load_pretrained(damaged)
