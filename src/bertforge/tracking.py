@@ -2,11 +2,14 @@
 
 CSV metrics are always written (into the artifact directory). W&B runs are named
 `<group>-<stage>` with `group` = the pipeline run, `job_type` = the stage; they go offline when no
-API key is present or the service cannot be reached, and never crash a run.
+API key is present or the service cannot be reached, and never crash a run. Either cause is
+reported once per process, and later stages go offline at once instead of waiting
+`logger.init_timeout` seconds again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import netrc
@@ -33,16 +36,51 @@ def wandb_api_key_present() -> bool:
         return False
 
 
+# Why this process logs offline although logger.mode=online (no API key, or the service did not
+# answer), once known: later stages go offline at once, without another warning or another wait.
+_offline_reason: str | None = None
+
+
+def _go_offline(reason: str) -> None:
+    global _offline_reason
+    if _offline_reason is None:
+        _offline_reason = reason
+        warnings.warn(reason, stacklevel=3)
+
+
 def resolve_wandb_mode(cfg: LoggerConfig) -> str:
-    mode = cfg.mode
-    if mode == "online" and not wandb_api_key_present():
-        warnings.warn(
+    if cfg.mode != "online":
+        return cfg.mode
+    if _offline_reason is None and not wandb_api_key_present():
+        _go_offline(
             "logger.mode=online but no W&B API key (set WANDB_API_KEY or run `wandb login`); "
-            "logging offline instead",
-            stacklevel=2,
+            "logging offline instead"
         )
-        mode = "offline"
-    return mode
+    return "offline" if _offline_reason is not None else "online"
+
+
+@contextlib.contextmanager
+def _no_error_reports():
+    """A failing `wandb.init` reports its exception to the W&B server through OpenTelemetry
+    exporters, which flush at interpreter exit with 10 s HTTP timeouts: against a server that
+    accepts connections but never answers, the process then hung ~25 s at exit after a 2 s
+    `init_timeout` (measured, wandb 0.31). The online attempt therefore runs with
+    WANDB_ERROR_REPORTING=false unless the user set it."""
+    if "WANDB_ERROR_REPORTING" in os.environ:
+        yield
+        return
+    os.environ["WANDB_ERROR_REPORTING"] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop("WANDB_ERROR_REPORTING", None)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    key = os.environ.get("WANDB_API_KEY")
+    return line.replace(key, "<WANDB_API_KEY>") if key else line
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -74,6 +112,15 @@ class AppendingCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def _started_wandb_logger(mode: str, kwargs: dict[str, Any]) -> WandbLogger:
+    logger = WandbLogger(mode=mode, **kwargs)
+    # Lightning passes `anonymous=None`, which wandb >= 0.19 answers with a deprecation warning
+    # on every run; the setting has no effect.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    _ = logger.experiment  # start the run now, so a failure is caught here
+    return logger
 
 
 class StageLoggers:
@@ -136,20 +183,20 @@ class StageLoggers:
             ),
         )
         mode = resolve_wandb_mode(self.cfg)
+        if mode == "online":
+            try:
+                with _no_error_reports():
+                    return _started_wandb_logger(mode, kwargs)
+            except Exception as exc:  # the service being away must not end the run
+                _go_offline(f"W&B unreachable ({_first_line(exc)}); logging offline instead")
+                wandb.finish()
+                mode = "offline"
         try:
-            logger = WandbLogger(mode=mode, **kwargs)
-            _ = logger.experiment  # start the run now, so a failure is caught here
-            return logger
-        except Exception as exc:  # the service being away must not end the run
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if mode == "offline":
-                warnings.warn(f"W&B could not start ({reason}); CSV metrics only", stacklevel=2)
-                return None
-            warnings.warn(f"W&B unreachable ({reason}); logging offline instead", stacklevel=2)
-            wandb.finish()
-            logger = WandbLogger(mode="offline", **kwargs)
-            _ = logger.experiment
-            return logger
+            return _started_wandb_logger(mode, kwargs)
+        except Exception as exc:
+            reason = _first_line(exc)
+            warnings.warn(f"W&B could not start ({reason}); CSV metrics only", stacklevel=2)
+            return None
 
     @property
     def csv_path(self) -> Path:
