@@ -244,7 +244,7 @@ def train_seed(
         callbacks=[best, stop],
     )
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=last_checkpoint(work_dir))
+    trainer.fit(module, datamodule=data, ckpt_path=last_checkpoint(work_dir), weights_only=True)
     seconds = time.perf_counter() - started
 
     checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)

@@ -86,7 +86,7 @@ def run_pretraining(cfg: Config, ctx: BuildContext, loggers: StageLoggers) -> di
         accumulate_grad_batches=accumulate,
         checkpoint_every_n_steps=p.checkpoint_every_n_steps,
     )
-    trainer.fit(module, datamodule=data, ckpt_path=last_checkpoint(ctx.path))
+    trainer.fit(module, datamodule=data, ckpt_path=last_checkpoint(ctx.path), weights_only=True)
     final = trainer.validate(module, datamodule=data, verbose=False)[0]
     if not trainer.is_global_zero:
         return {}

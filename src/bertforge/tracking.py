@@ -209,10 +209,6 @@ class StageLoggers:
         run = self.wandb.experiment
         return f"{run.dir}" if run.offline else run.path
 
-    @property
-    def wandb_run_id(self) -> str | None:
-        return None if self.wandb is None else self.wandb.experiment.id
-
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         for logger in self.loggers:
             logger.log_metrics(metrics, step=step)
