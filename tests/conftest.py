@@ -49,6 +49,12 @@ def compose(*overrides: str, outputs: Path | None = None):
         return to_config(hydra_compose("config", overrides=[*overrides, *extra]))
 
 
+def child_env() -> dict[str, str]:
+    """This environment minus WANDB_SERVICE: W&B runs started in the test process set it, and
+    a child would attach to that process' W&B service instead of starting its own."""
+    return {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
+
+
 def run_entry_point(script: str, *overrides: str, timeout: float = 300):
     """Run `pipelines/<script>` in a subprocess; returns the CompletedProcess."""
     return subprocess.run(
@@ -57,6 +63,7 @@ def run_entry_point(script: str, *overrides: str, timeout: float = 300):
         text=True,
         timeout=timeout,
         cwd=REPO,
+        env=child_env(),
     )
 
 
@@ -69,6 +76,7 @@ def start_entry_point(script: str, *overrides: str, log: bool = False) -> subpro
         stderr=subprocess.STDOUT if log else subprocess.PIPE,
         text=True,
         cwd=REPO,
+        env=child_env(),
         start_new_session=True,
     )
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from bertforge.errors import DataError
-from conftest import REPO, TINY, run_entry_point, start_entry_point
+from conftest import REPO, TINY, child_env, run_entry_point, start_entry_point
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def test_kill_while_writing_leaves_nothing_complete_and_the_rerun_rebuilds(
     overrides = [*TINY, *EXTRACT, f"paths.outputs={outputs}"]
     killed = subprocess.run(
         [sys.executable, str(REPO / "tests" / "kill_during_write.py"), writer, script, *overrides],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=child_env(),
     )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert "killed after cutting" in killed.stderr

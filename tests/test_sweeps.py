@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from bertforge.report import JOB_FILE
-from conftest import REPO, TINY
+from conftest import REPO, TINY, child_env
 from wandb_offline import read_offline_run
 
 STAGES = "stages=[tokenizer,pretrain,finetune]"
@@ -22,7 +22,9 @@ def multirun(tmp_path, *args: str, timeout: float = 600):
         f"paths.outputs={tmp_path / 'outputs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
         "report_metrics=[pretrain/val_loss_mlm,finetune/eval_accuracy]", *args,
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=child_env()
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
