@@ -184,3 +184,16 @@ def test_loader_shards_ranks_like_a_distributed_sampler():
     ]
     assert sorted({i for s in padded for b in s.batches(0) for i in b}) == data
     assert [len(s) for s in padded] == [2, 2]
+
+
+def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
+    import numpy as np
+
+    from bertforge.lit.trainer import rng_states, set_rng_states
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.normal()  # leaves a cached Gaussian in numpy's state
+    torch.save({"states": rng_states()}, tmp_path / "rng.ckpt")
+    expected = (random.random(), np.random.normal(), torch.rand(3).tolist())
+    set_rng_states(torch.load(tmp_path / "rng.ckpt", weights_only=True)["states"])
+    assert (random.random(), np.random.normal(), torch.rand(3).tolist()) == expected

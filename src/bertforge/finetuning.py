@@ -181,7 +181,7 @@ def run_finetuning(
             shutil.rmtree(work_dir / "checkpoints")  # GBs for big models; the model is saved
     if not rows:
         return {}
-    summary = write_results(rows, task, ctx.path, f.init)
+    summary = write_results(rows, task, ctx.path, f.init)  # also when resumed after the last seed
     shutil.rmtree(ctx.path / "training")
     return summary | {"train_seconds": sum(r["train_seconds"] for r in rows), "seeds": len(rows)}
 

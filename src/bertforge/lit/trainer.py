@@ -75,12 +75,13 @@ def checkpoint_run_id(directory: Path) -> str | None:
 
 
 def rng_states() -> dict[str, Any]:
+    """Every RNG a training step may draw from, in types `torch.load(weights_only=True)` reads."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     states = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": list(np.random.get_state()[1:3]),  # (keys, pos) of the MT19937 state
+        "numpy": (torch.from_numpy(keys.copy()), pos, has_gauss, cached_gaussian),
     }
-    states["numpy"][0] = torch.from_numpy(states["numpy"][0].copy())
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -88,9 +89,10 @@ def rng_states() -> dict[str, Any]:
 
 def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
-    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in states["python"]))
-    keys, pos = states["numpy"]
-    np.random.set_state(("MT19937", keys.numpy(), int(pos)))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    keys, pos, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state(("MT19937", keys.numpy(), pos, has_gauss, cached_gaussian))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
