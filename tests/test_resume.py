@@ -197,3 +197,31 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     expected = (random.random(), np.random.normal(), torch.rand(3).tolist())
     set_rng_states(torch.load(tmp_path / "rng.ckpt", weights_only=True)["states"])
     assert (random.random(), np.random.normal(), torch.rand(3).tolist()) == expected
+
+
+def test_an_early_stop_decided_before_the_kill_holds_after_the_resume(tmp_path):
+    """Early stopping decides at a validation's end, the checkpoint is written after it: the
+    resumed fit must stop at once instead of training on to the next validation."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from bertforge.lit.trainer import ResumeState
+
+    def trainer(callbacks):
+        return pl.Trainer(
+            max_steps=50, limit_val_batches=1, val_check_interval=5, check_val_every_n_epoch=None,
+            callbacks=callbacks, default_root_dir=tmp_path, logger=False,
+            enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+
+    class StopAtStep10(pl.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            trainer.should_stop = trainer.should_stop or trainer.global_step == 10
+
+    first = trainer([StopAtStep10(), ResumeState()])
+    first.fit(BoringModel())
+    assert first.global_step == 10
+    first.save_checkpoint(tmp_path / "stopped.ckpt")
+    resumed = trainer([ResumeState()])
+    resumed.fit(BoringModel(), ckpt_path=tmp_path / "stopped.ckpt", weights_only=True)
+    assert resumed.global_step == 10  # no step after the stop

@@ -20,6 +20,7 @@ from bertforge.errors import ConfigError
 
 RNG_KEY = "bertforge_rng_states"
 RUN_ID_KEY = "wandb_run_id"
+STOP_KEY = "bertforge_should_stop"
 
 
 def world_size(cfg: TrainerConfig) -> int:
@@ -126,10 +127,12 @@ class LastCheckpoint(ModelCheckpoint):
 
 class ResumeState(Callback):
     """Stores what Lightning's checkpoints leave out, so a killed run resumes as if never
-    stopped: the RNG states (dropout draws) and the id of the W&B run to continue."""
+    stopped: the RNG states (dropout draws), the id of the W&B run to continue, and whether a
+    callback (early stopping) had decided to stop."""
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
         checkpoint[RNG_KEY] = rng_states()
+        checkpoint[STOP_KEY] = trainer.should_stop
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 checkpoint[RUN_ID_KEY] = logger.version
@@ -137,6 +140,7 @@ class ResumeState(Callback):
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
         if RNG_KEY in checkpoint:
             set_rng_states(checkpoint[RNG_KEY])
+        trainer.should_stop = checkpoint.get(STOP_KEY, False)
 
 
 def make_trainer(
