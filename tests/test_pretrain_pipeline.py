@@ -4,6 +4,7 @@ HF export, the golden loss curve, divergence and bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,20 @@ def test_force_rebuilds_only_the_requested_stage(tiny_run):
     rebuilt = pipeline.results["pretrain"].artifact
     assert not rebuilt.reused and rebuilt.hash == artifacts["pretrain"].hash
     assert pipeline.results["tokenizer"].artifact.reused  # upstream untouched by force
+
+
+def test_loader_workers_do_not_change_the_result(tmp_path):
+    """`pretrain.num_workers` is not hashed, so it must not change what is computed: masks and
+    order come from the loader's own seeds, and workers never draw from the global RNG."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for workers in (0, 2):
+        outputs = tmp_path / f"workers{workers}"
+        if workers:  # the same tokenizer (WordPiece training is not deterministic)
+            shutil.copytree(tmp_path / "workers0", outputs)
+            shutil.rmtree(outputs / "artifacts" / "pretrain")
+        cfg = compose(*TINY, f"pretrain.num_workers={workers}", outputs=outputs)
+        weights.append(load_file(Pipeline(cfg).pretrain().path / "model.safetensors"))
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name

@@ -113,12 +113,14 @@ class ResumableLoader:
         return len(self.batches(0))
 
     def _rows(self, batches: list[list[int]]):
+        """The rows of each batch, read in worker processes if `num_workers` > 0."""
         if self.num_workers == 0:
             return (self.dataset.__getitems__(b) if hasattr(self.dataset, "__getitems__")
                     else [self.dataset[i] for i in b] for b in batches)  # fmt: skip
-        return DataLoader(
-            self.dataset, batch_sampler=batches, collate_fn=list, num_workers=self.num_workers
-        )
+        return DataLoader(  # its own generator: workers must not draw from the global RNG
+            self.dataset, batch_sampler=batches, collate_fn=list, num_workers=self.num_workers,
+            generator=generator(self.seed, "workers"),
+        )  # fmt: skip
 
     def __iter__(self):
         epoch, start = self.epoch, self._resume_at
