@@ -80,6 +80,17 @@ def test_result_relevant_key_changes_the_hash(tiny_run):
     assert pipeline.pretrain().hash != artifacts["pretrain"].hash
 
 
+def test_length_bucketing_is_hashed_and_cuts_padding(tiny_run):
+    outputs, _ = tiny_run  # its tokenizer is reused
+    varied = [*TINY, "pretrain.short_seq_prob=0.5", "pretrain.max_steps=40", "logger=csv"]
+    plain = Pipeline(compose(*varied, outputs=outputs)).pretrain()
+    cfg = compose(*varied, "pretrain.length_bucket_window=32", outputs=outputs)
+    bucketed = Pipeline(cfg).pretrain()
+    assert bucketed.hash != plain.hash
+    assert bucketed.manifest["config"]["pretrain"]["length_bucket_window"] == 32
+    assert 0 < bucketed.metrics["padding_share"] < 0.6 * plain.metrics["padding_share"]
+
+
 def test_hf_export_reproduces_our_logits(tiny_run):
     from transformers import BertForPreTraining
 

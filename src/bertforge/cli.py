@@ -40,7 +40,7 @@ SUMMARY_METRICS = {
     "pretrain_data": ("train_examples", "validation_examples", "mean_length"),
     "pretrain": (
         "val_loss_mlm", "val_mlm_accuracy", "val_loss_nsp", "val_nsp_accuracy",
-        "train_loss_first", "train_loss_last", "tokens_per_s", "train_seconds",
+        "train_loss_first", "train_loss_last", "tokens_per_s", "padding_share", "train_seconds",
     ),
     "finetune": (
         "eval_accuracy", "eval_accuracy_std", "eval_f1", "eval_f1_std", "eval_mcc",

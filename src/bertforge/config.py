@@ -120,6 +120,9 @@ class PretrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-6
     gradient_clip_val: float = 1.0
+    # > 0: batches of similar length, drawn from shuffled windows of this many batches (less
+    # padding: +15-18 % tokens/s for bert_mini on CPU, benchmark). 0: plain shuffled batches.
+    length_bucket_window: int = 0
     # Below: how the run is watched, not what it computes (left out of the artifact hash).
     val_check_interval: int = 100
     limit_val_batches: int = 20
@@ -142,6 +145,11 @@ class PretrainConfig:
         for key in ("max_steps", "global_batch_size", "dupe_factor"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"pretrain.{key} must be >= 1")
+        if self.length_bucket_window < 0:
+            raise ConfigError(
+                f"pretrain.length_bucket_window={self.length_bucket_window} must be >= 0 "
+                "(0: no length bucketing)"
+            )
         if self.lr <= 0:
             raise ConfigError(f"pretrain.lr={self.lr} must be positive")
 

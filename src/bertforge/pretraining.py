@@ -73,7 +73,12 @@ def run_pretraining(cfg: Config, ctx: BuildContext, loggers: StageLoggers) -> di
         p.global_batch_size, cfg.trainer, p.micro_batch_size, "pretrain"
     )
     data = PretrainingDataModule(
-        ctx.upstream["pretrain_data"].path, collator, micro_batch, p.num_workers, seed=cfg.seed
+        ctx.upstream["pretrain_data"].path,
+        collator,
+        micro_batch,
+        p.num_workers,
+        length_bucket_window=p.length_bucket_window,
+        seed=cfg.seed,
     )
     trainer = make_trainer(
         cfg.trainer,
@@ -114,6 +119,7 @@ def run_pretraining(cfg: Config, ctx: BuildContext, loggers: StageLoggers) -> di
         # every rank sees as many tokens as rank 0, on average
         "tokens_per_s": module.tokens_seen * trainer.world_size / max(module.train_seconds, 1e-9),
         "train_seconds": module.train_seconds,
+        "padding_share": 1 - module.tokens_seen / max(module.padded_tokens_seen, 1),
     }
     return metrics
 

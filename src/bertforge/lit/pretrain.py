@@ -36,6 +36,7 @@ class PretrainingModule(pl.LightningModule):
         self.val_nsp_accuracy = MulticlassAccuracy(2, average="micro")
         self._step_started = 0.0
         self.tokens_seen = 0  # non-padding training tokens, for the stage's tokens/s figure
+        self.padded_tokens_seen = 0  # all positions of the training batches, padding included
         self.train_seconds = 0.0
 
     @classmethod
@@ -94,6 +95,7 @@ class PretrainingModule(pl.LightningModule):
         seconds = time.perf_counter() - self._step_started
         tokens = batch["attention_mask"].sum().item()
         self.tokens_seen += tokens
+        self.padded_tokens_seen += batch["attention_mask"].numel()
         self.train_seconds += seconds
         self.log_dict(
             {
