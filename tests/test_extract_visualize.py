@@ -95,10 +95,16 @@ def test_perplexity_too_large_for_the_points(tmp_path):
 @pytest.mark.slow
 def test_finetuned_model_separates_topics_better_than_an_untrained_one(tmp_path):
     """The lecture's claim, measured: after fine-tuning on the topics, BBC test articles form
-    topic clusters (k-NN label accuracy in the t-SNE layout) that a random encoder lacks."""
+    topic clusters (k-NN label accuracy in the t-SNE layout) that a random encoder lacks.
+
+    TINY's 800-piece vocabulary splits the topic words into fragments: the classifier then
+    reached only ~0.6 test accuracy, and the gap over the untrained encoder (~0.15) moved with
+    the BLAS thread count and CPU. With 4000 pieces it is 0.80-0.87 vs 0.32-0.42 (1 and 2
+    threads measured), so the margin below is far from the noise."""
     common = [
         *TINY, *FAST_VIZ, "extract.words=[]", "visualize.attention_sentences=[]",
-        "visualize.compare_dof=[]", "task.max_examples=400", "finetune.init=random",
+        "tokenizer.vocab_size=4000", "corpus.max_documents=2000",
+        "visualize.compare_dof=[]", "task.max_examples=1000", "finetune.init=random",
         "finetune.lr=1e-3", "finetune.global_batch_size=16", "finetune.max_seq_length=128",
         "visualize.perplexity=20", "finetune.max_epochs=20",
     ]  # fmt: skip
@@ -106,4 +112,4 @@ def test_finetuned_model_separates_topics_better_than_an_untrained_one(tmp_path)
     for steps in (1, 200):
         cfg = compose(*common, f"finetune.max_steps={steps}", outputs=tmp_path)
         scores[steps] = Pipeline(cfg).visualize().metrics["knn_accuracy_2d"]
-    assert scores[200] > scores[1] + 0.15, scores
+    assert scores[200] > 0.7 and scores[200] > scores[1] + 0.3, scores
