@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from bertforge.bench.config import BenchmarkRunConfig, to_benchmark_config
-from bertforge.cli import check_overrides, fail
+from bertforge.pipeline.cli import check_overrides, fail
 from bertforge.errors import BertforgeError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

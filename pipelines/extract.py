@@ -6,7 +6,7 @@ python pipelines/extract.py [overrides...]
 import hydra
 from omegaconf import DictConfig
 
-from bertforge.cli import check_overrides, run_pipeline
+from bertforge.pipeline.cli import check_overrides, run_pipeline
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from bertforge.errors import BertforgeError
-from bertforge.report import render_markdown, write_report
+from bertforge.pipeline.report import render_markdown, write_report
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bertforge.cli import unknown_key_message
+from bertforge.pipeline.cli import unknown_key_message
 from bertforge.config import Config
 from bertforge.errors import ConfigError
 from conftest import CONF, compose, run_entry_point

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from bertforge.config import CorpusConfig
-from bertforge.corpus import (
+from bertforge.data.corpus import (
     Document,
     documents_to_texts,
     load_bbc_news,

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from bertforge.stages import Pipeline
-from bertforge.store import MANIFEST
+from bertforge.pipeline.graph import Pipeline
+from bertforge.pipeline.store import MANIFEST
 from conftest import TINY, compose, run_entry_point
 from wandb_offline import read_offline_run
 

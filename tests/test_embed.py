@@ -1,4 +1,4 @@
-"""Tests for bertforge.embed (sentence and word embeddings) and bertforge.attention."""
+"""Tests for bertforge.analysis.embed (sentence and word embeddings) and bertforge.analysis.attention."""
 
 import copy
 import json
@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from bertforge import embed
-from bertforge.attention import attention_maps, plot_attention_average, plot_attention_grid
+from bertforge.analysis import embed
+from bertforge.analysis.attention import attention_maps, plot_attention_average, plot_attention_grid
 from bertforge.config import TokenizerConfig
-from bertforge.corpus import load_bbc_news
-from bertforge.embed import (
+from bertforge.data.corpus import load_bbc_news
+from bertforge.analysis.embed import (
     extract_sentence_embeddings,
     extract_word_embeddings,
     load_embeddings,
 )
 from bertforge.errors import ConfigError, DataError
 from bertforge.model import BertConfig, BertForSequenceClassification, BertModel
-from bertforge.tokenizer import train_tokenizer
+from bertforge.data.tokenizer import train_tokenizer
 
 SENTENCES = [
     "The bank raised interest rates to fight inflation.",

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertforge.embed import load_embeddings
+from bertforge.analysis.embed import load_embeddings
 from bertforge.errors import ConfigError, DataError
-from bertforge.stages import Pipeline
+from bertforge.pipeline.graph import Pipeline
 from conftest import TINY, compose
 
 FAST_VIZ = [

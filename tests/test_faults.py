@@ -72,7 +72,7 @@ def readable_export(artifact: Path) -> None:
 
 
 def readable_embeddings(artifact: Path) -> None:
-    from bertforge.embed import load_embeddings
+    from bertforge.analysis.embed import load_embeddings
 
     X, rows = load_embeddings(artifact / "sentences")
     assert len(X) == len(rows) > 0
@@ -89,13 +89,13 @@ def readable_figures(artifact: Path) -> None:
 
 
 KILLS = {  # writer patched to die right after writing, the stage, how to read it back
-    "tokenizer-save": ("bertforge.tokenizer:save_tokenizer", "tokenizer.py", "tokenizer",
+    "tokenizer-save": ("bertforge.data.tokenizer:save_tokenizer", "tokenizer.py", "tokenizer",
                        readable_tokenizer, ("tokenizer", "pretrain_data", "pretrain", "extract")),
-    "hf-export": ("bertforge.pretraining:export_hf", "pretrain.py", "pretrain",
+    "hf-export": ("bertforge.stages.pretrain:export_hf", "pretrain.py", "pretrain",
                   readable_export, ("pretrain", "extract")),
-    "embeddings": ("bertforge.embed:_Output.commit", "extract.py", "extract",
+    "embeddings": ("bertforge.analysis.embed:_Output.commit", "extract.py", "extract",
                    readable_embeddings, ("extract",)),
-    "figure": ("bertforge.viz:save_figure", "visualize.py", "visualize", readable_figures, ()),
+    "figure": ("bertforge.analysis.layouts:save_figure", "visualize.py", "visualize", readable_figures, ()),
 }  # fmt: skip
 
 
@@ -143,7 +143,7 @@ def test_a_lock_held_by_a_killed_process_does_not_deadlock(tmp_path):
     """Hold a stage's lock in another process, SIGKILL it, then build: no waiting."""
     from filelock import FileLock
 
-    from bertforge.store import ArtifactStore, config_hash
+    from bertforge.pipeline.store import ArtifactStore, config_hash
 
     store = ArtifactStore(tmp_path)
     lock = tmp_path / "tokenizer" / ".locks" / f"{config_hash({'x': 1}, {})}.lock"
@@ -240,7 +240,7 @@ def test_damaged_last_checkpoint_is_set_aside_and_training_starts_over(tmp_path)
 
 
 def test_truncated_weights_of_a_complete_artifact_name_the_rebuild(upstream, tmp_path):
-    from bertforge.pretraining import load_pretrained
+    from bertforge.stages.pretrain import load_pretrained
 
     (artifact,) = (upstream / "artifacts" / "pretrain").glob("[0-9a-f]*")
     damaged = shutil.copytree(artifact, tmp_path / "pretrain")

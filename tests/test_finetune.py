@@ -18,11 +18,11 @@ from bertforge.data.finetuning import (
     wordpiece_from_vocab,
 )
 from bertforge.errors import ConfigError, TrainingDivergedError
-from bertforge.finetuning import load_finetuned, resolve_hf_model
+from bertforge.stages.finetune import load_finetuned, resolve_hf_model
 from bertforge.lit.finetune import FinetuningModule
 from bertforge.model import BertConfig, BertForSequenceClassification
-from bertforge.stages import Pipeline
-from bertforge.tasks import Example, TaskData
+from bertforge.pipeline.graph import Pipeline
+from bertforge.data.tasks import Example, TaskData
 from conftest import TINY, compose, requires_shared_data, run_entry_point
 
 BBC_TOPICS = ["business", "entertainment", "politics", "sports", "tech"]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bertforge.errors import DataError, TrainingDivergedError
-from bertforge.stages import Pipeline
-from bertforge.store import MANIFEST
+from bertforge.pipeline.graph import Pipeline
+from bertforge.pipeline.store import MANIFEST
 from conftest import REPO, TINY, compose, run_entry_point
 from wandb_offline import read_offline_run
 
@@ -94,7 +94,7 @@ def test_length_bucketing_is_hashed_and_cuts_padding(tiny_run):
 def test_hf_export_reproduces_our_logits(tiny_run):
     from transformers import BertForPreTraining
 
-    from bertforge.pretraining import load_pretrained
+    from bertforge.stages.pretrain import load_pretrained
 
     _, artifacts = tiny_run
     ours, config = load_pretrained(artifacts["pretrain"].path)
@@ -115,10 +115,10 @@ def test_hf_export_reproduces_our_logits(tiny_run):
 def golden_losses(outputs: Path, monkeypatch) -> list[float]:
     from tokenizers import Tokenizer
 
-    import bertforge.tokenizer
+    import bertforge.data.tokenizer
 
     fixed = Tokenizer.from_file(str(GOLDEN_TOKENIZER))
-    monkeypatch.setattr(bertforge.tokenizer, "train_tokenizer", lambda texts, cfg: fixed)
+    monkeypatch.setattr(bertforge.data.tokenizer, "train_tokenizer", lambda texts, cfg: fixed)
     cfg = compose(
         *TINY, "pretrain.max_steps=10", "pretrain.val_check_interval=10",
         "trainer.log_every_n_steps=1", outputs=outputs,

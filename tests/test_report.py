@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bertforge.errors import DataError
-from bertforge.report import JOB_FILE, collect, write_report
+from bertforge.pipeline.report import JOB_FILE, collect, write_report
 from conftest import REPO
 
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertforge.data.resumable import ResumableLoader
-from bertforge.store import MANIFEST
+from bertforge.pipeline.store import MANIFEST
 from conftest import TINY, kill_group, run_entry_point, start_entry_point
 
 pytestmark = pytest.mark.slow

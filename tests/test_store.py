@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bertforge.store import MANIFEST, ArtifactStore, config_hash
+from bertforge.pipeline.store import MANIFEST, ArtifactStore, config_hash
 
 
 def counting_builder(calls: list):

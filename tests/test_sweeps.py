@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bertforge.report import JOB_FILE
+from bertforge.pipeline.report import JOB_FILE
 from conftest import REPO, TINY, child_env
 from wandb_offline import read_offline_run
 

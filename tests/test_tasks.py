@@ -19,7 +19,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from bertforge.config import TASK_NAMES, TaskConfig
 from bertforge.errors import ConfigError, DataError
-from bertforge.tasks import (
+from bertforge.data.tasks import (
     TASKS,
     Example,
     TaskData,
@@ -671,9 +671,9 @@ def test_a_malformed_csv_row(tmp_path):
 
 
 def test_bbc_news_real_corpus():
-    corpus = pytest.importorskip("bertforge.corpus", reason="bertforge.corpus is not written yet")
+    corpus = pytest.importorskip("bertforge.data.corpus", reason="bertforge.data.corpus is not written yet")
     if not hasattr(corpus, "load_bbc_news"):
-        pytest.skip("bertforge.corpus.load_bbc_news is not written yet")
+        pytest.skip("bertforge.data.corpus.load_bbc_news is not written yet")
     task = load_task(TaskConfig(name="bbc_news"))
     assert task.label_names == ["business", "entertainment", "politics", "sports", "tech"]
     assert (task.num_labels, task.eval_split, task.eval_splits) == (5, "test", ("test",))
@@ -684,9 +684,9 @@ def test_bbc_news_real_corpus():
 
 
 def fake_corpus(monkeypatch, docs):
-    module = ModuleType("bertforge.corpus")
+    module = ModuleType("bertforge.data.corpus")
     module.load_bbc_news = lambda: docs
-    monkeypatch.setitem(sys.modules, "bertforge.corpus", module)
+    monkeypatch.setitem(sys.modules, "bertforge.data.corpus", module)
 
 
 def test_bbc_news_documents_become_examples(monkeypatch):

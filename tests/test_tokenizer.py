@@ -7,9 +7,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from bertforge.config import SPECIAL_TOKENS, TokenizerConfig
-from bertforge.corpus import documents_to_texts, load_bbc_news
+from bertforge.data.corpus import documents_to_texts, load_bbc_news
 from bertforge.errors import DataError
-from bertforge.tokenizer import (
+from bertforge.data.tokenizer import (
     build_tokenizer,
     load_tokenizer,
     save_tokenizer,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from bertforge.store import MANIFEST
+from bertforge.pipeline.store import MANIFEST
 from conftest import REPO, TINY
 from wandb_offline import read_offline_run
 

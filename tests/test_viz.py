@@ -1,4 +1,4 @@
-"""Tests for bertforge.viz: layouts, quality numbers, errors, figures."""
+"""Tests for bertforge.analysis.layouts: layouts, quality numbers, errors, figures."""
 
 import dataclasses
 
@@ -8,12 +8,12 @@ import torch
 from sklearn.datasets import make_blobs
 
 from bertforge.config import TokenizerConfig, VisualizeConfig
-from bertforge.corpus import load_bbc_news
-from bertforge.embed import extract_sentence_embeddings, load_embeddings
+from bertforge.data.corpus import load_bbc_news
+from bertforge.analysis.embed import extract_sentence_embeddings, load_embeddings
 from bertforge.errors import ConfigError, DataError
 from bertforge.model import BertConfig, BertModel
-from bertforge.tokenizer import train_tokenizer
-from bertforge.viz import (
+from bertforge.data.tokenizer import train_tokenizer
+from bertforge.analysis.layouts import (
     Layout,
     embed_2d,
     layout_quality,

@@ -18,7 +18,7 @@ from bertforge.config import SPECIAL_TOKENS, PretrainConfig, TokenizerConfig
 
 def load_texts(cfg: BenchmarkConfig):
     """(all documents, train-split texts) of the embedded BBC News corpus."""
-    from bertforge.corpus import load_bbc_news
+    from bertforge.data.corpus import load_bbc_news
 
     documents = load_bbc_news()
     if cfg.max_documents is not None:
@@ -54,7 +54,7 @@ def train_raw_tokenizer(texts: list[str], cfg: TokenizerConfig):
 
 def bench_tokenizer(texts: list[str], cfg: BenchmarkConfig):
     """Train ours and the raw pipeline, interleaved; returns (row, our trained tokenizer)."""
-    from bertforge.tokenizer import train_tokenizer
+    from bertforge.data.tokenizer import train_tokenizer
 
     tok_cfg = tokenizer_config(cfg)
     megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6

@@ -181,7 +181,7 @@ def markdown(result: dict) -> str:
         rows = [{**row, "ours_step_ms": d["ours_step_ms"]} for row in d["loaders"]]
         lines += _table(LOADER_COLUMNS, rows)
     if result.get("tsne"):
-        lines += ["## t-SNE backends (bertforge.viz.benchmark_tsne)", ""]
+        lines += ["## t-SNE backends (bertforge.analysis.layouts.benchmark_tsne)", ""]
         lines += _table({k: _key(k) for k in result["tsne"][0]}, result["tsne"])
     if result.get("notes"):
         lines += ["## Notes", "", *[f"- {note}" for note in result["notes"]], ""]

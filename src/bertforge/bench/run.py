@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def model_config(name: str, conf_dir: Path, vocab_size: int, pad_token_id: int) -> BertConfig:
     """The `conf/model/<name>.yaml` preset as a BertConfig for this vocabulary."""
-    from bertforge.pretraining import bert_config_for
+    from bertforge.stages.pretrain import bert_config_for
 
     path = Path(conf_dir) / "model" / f"{name}.yaml"
     if not path.is_file():
@@ -66,7 +66,7 @@ class Benchmark:
     # ------------------------------------------------------------------------- data
 
     def prepare(self) -> None:
-        from bertforge.tokenizer import save_tokenizer, train_tokenizer
+        from bertforge.data.tokenizer import save_tokenizer, train_tokenizer
 
         self.documents, texts = bdata.load_texts(self.b)
         if "tokenizer" in self.b.suites:
@@ -305,9 +305,9 @@ class Benchmark:
 
     def tsne(self) -> None:
         try:
-            from bertforge.viz import benchmark_tsne
+            from bertforge.analysis.layouts import benchmark_tsne
         except ImportError:
-            self.note("t-SNE skipped: bertforge.viz has no benchmark_tsne")
+            self.note("t-SNE skipped: bertforge.analysis.layouts has no benchmark_tsne")
             return
         self.result["tsne"] = benchmark_tsne(
             sizes=tuple(self.b.tsne_sizes), dims=tuple(self.b.tsne_dims), seed=self.cfg.seed

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from bertforge.data.resumable import ResumableLoader
 from bertforge.errors import DataError
-from bertforge.tasks import Example, TaskData
-from bertforge.tokenizer import (
+from bertforge.data.tasks import Example, TaskData
+from bertforge.data.tokenizer import (
     CLS,
     PAD,
     SEP,

@@ -230,7 +230,7 @@ class PretrainingDataModule(pl.LightningDataModule):
 
 
 def special_ids_of(tokenizer) -> SpecialIds:
-    from bertforge.tokenizer import special_token_ids
+    from bertforge.data.tokenizer import special_token_ids
 
     ids = special_token_ids(tokenizer)
     return SpecialIds(ids["[PAD]"], ids["[CLS]"], ids["[SEP]"], ids["[MASK]"], tuple(ids.values()))
@@ -238,7 +238,7 @@ def special_ids_of(tokenizer) -> SpecialIds:
 
 def tokenize_documents(documents, tokenizer) -> list[list[TokenIds]]:
     """Each document as a list of tokenised sentences (no special tokens), in one batch call."""
-    from bertforge.corpus import split_sentences
+    from bertforge.data.corpus import split_sentences
 
     sentences = [split_sentences(doc.text) for doc in documents]
     flat = [s for doc_sentences in sentences for s in doc_sentences]
@@ -255,7 +255,7 @@ def write_pretraining_examples(documents, *, tokenizer_dir: Path, out_dir: Path,
     from datasets import Dataset, Features, Value
     from datasets import Sequence as ArrowSequence
 
-    from bertforge.tokenizer import load_tokenizer
+    from bertforge.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     special = special_ids_of(tokenizer)

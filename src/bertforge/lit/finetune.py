@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from bertforge.errors import TrainingDivergedError
 from bertforge.lit.optim import configure_adamw_from_hparams
 from bertforge.model import BertForSequenceClassification
-from bertforge.tasks import TaskData, build_metrics
+from bertforge.data.tasks import TaskData, build_metrics
 
 
 class FinetuningModule(pl.LightningModule):

@@ -35,7 +35,7 @@ from bertforge.hf import export_hf, load_hf_state_dict, read_hf_checkpoint
 from bertforge.lit.finetune import FinetuningModule
 from bertforge.lit.trainer import batch_plan, last_checkpoint, make_trainer, world_size
 from bertforge.model import BertConfig, BertForSequenceClassification
-from bertforge.pretraining import (
+from bertforge.stages.pretrain import (
     MODEL_CONFIG,
     TOKENIZER_FILES,
     WEIGHTS,
@@ -43,10 +43,10 @@ from bertforge.pretraining import (
     load_artifact_model,
     load_pretrained,
 )
-from bertforge.store import BuildContext, write_json_atomic
-from bertforge.tasks import TaskData, load_task, main_metric, metric_postfix
-from bertforge.tokenizer import PAD, load_tokenizer
-from bertforge.tracking import StageLoggers
+from bertforge.pipeline.store import BuildContext, write_json_atomic
+from bertforge.data.tasks import TaskData, load_task, main_metric, metric_postfix
+from bertforge.data.tokenizer import PAD, load_tokenizer
+from bertforge.pipeline.tracking import StageLoggers
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

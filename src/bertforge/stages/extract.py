@@ -11,9 +11,9 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from bertforge.config import Config
-from bertforge.embed import as_bert, extract_sentence_embeddings, extract_word_embeddings
+from bertforge.analysis.embed import as_bert, extract_sentence_embeddings, extract_word_embeddings
 from bertforge.errors import DataError
-from bertforge.store import BuildContext
+from bertforge.pipeline.store import BuildContext
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,11 @@ class Encoder:
 
 def load_encoder(cfg: Config, upstream: dict) -> Encoder:
     """The encoder `extract.source` names: our fine-tuned or pretrained model, or an HF one."""
-    from bertforge.tokenizer import load_tokenizer
+    from bertforge.data.tokenizer import load_tokenizer
 
     source = cfg.extract.source
     if source == "finetune":
-        from bertforge.finetuning import load_finetuned
+        from bertforge.stages.finetune import load_finetuned
 
         path = upstream["finetune"].path
         model, _, _ = load_finetuned(path)
@@ -43,14 +43,14 @@ def load_encoder(cfg: Config, upstream: dict) -> Encoder:
         trained = None if cfg.finetune.init == "hf" else cfg.pretrain.max_seq_length
         return Encoder(as_bert(model), load_tokenizer(path), name, trained)
     if source == "pretrain":
-        from bertforge.pretraining import load_pretrained
+        from bertforge.stages.pretrain import load_pretrained
 
         model, _ = load_pretrained(upstream["pretrain"].path)
         tokenizer = load_tokenizer(upstream["tokenizer"].path)
         name = f"pretrained {cfg.model.name}"
         return Encoder(as_bert(model), tokenizer, name, cfg.pretrain.max_seq_length)
     from bertforge.data.finetuning import load_checkpoint_tokenizer
-    from bertforge.finetuning import resolve_hf_model
+    from bertforge.stages.finetune import resolve_hf_model
     from bertforge.hf import load_hf_checkpoint
 
     directory = resolve_hf_model(cfg.extract.hf_model)
@@ -66,7 +66,7 @@ def texts_to_embed(cfg: Config) -> tuple[list[str], list[str] | None, list[dict[
     """(texts, second segments or None, metadata rows with label and split)."""
     e = cfg.extract
     if e.dataset == "task":
-        from bertforge.tasks import load_task, spread
+        from bertforge.data.tasks import load_task, spread
 
         task = load_task(cfg.task)
         if e.split not in task.splits:
@@ -82,8 +82,8 @@ def texts_to_embed(cfg: Config) -> tuple[list[str], list[str] | None, list[dict[
         labels = [names[x.label] if names else x.label for x in examples]
         ids = [x.id for x in examples]
     else:
-        from bertforge.corpus import load_documents
-        from bertforge.tasks import spread
+        from bertforge.data.corpus import load_documents
+        from bertforge.data.tasks import spread
 
         docs = [d for d in load_documents(cfg.corpus) if d.split == e.split]
         docs = spread(docs, e.max_examples) if e.max_examples else docs

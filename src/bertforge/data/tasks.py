@@ -316,7 +316,7 @@ def load_task(cfg: TaskConfig) -> TaskData:
 
 
 def _load_bbc_news() -> TaskData:
-    from bertforge.corpus import load_bbc_news
+    from bertforge.data.corpus import load_bbc_news
 
     splits: dict[str, list[Example]] = {"train": [], "validation": [], "test": []}
     for doc in load_bbc_news():

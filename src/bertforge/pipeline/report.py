@@ -145,7 +145,7 @@ def log_report_to_wandb(sweep_dir: Path, rows: list[Row], logger_cfg: Any, group
         return
     import wandb
 
-    from bertforge.tracking import resolve_wandb_mode
+    from bertforge.pipeline.tracking import resolve_wandb_mode
 
     run = wandb.init(
         project=logger_cfg.project,
@@ -171,7 +171,7 @@ class ReportCallback(Callback):
         self.metrics = list(metrics or [])
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
-        from bertforge.cli import hydra_run_name
+        from bertforge.pipeline.cli import hydra_run_name
         from bertforge.config import to_config
 
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -25,7 +25,7 @@ from matplotlib.axes import Axes
 
 from bertforge.config import VisualizeConfig, check_choice
 from bertforge.errors import ConfigError, DataError
-from bertforge.plots import save_figure
+from bertforge.analysis.figures import save_figure
 
 log = logging.getLogger(__name__)
 

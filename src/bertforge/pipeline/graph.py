@@ -19,8 +19,8 @@ from typing import Any
 
 from bertforge.config import STAGES, Config
 from bertforge.errors import DataError
-from bertforge.store import Artifact, ArtifactStore, BuildContext
-from bertforge.tracking import StageLoggers
+from bertforge.pipeline.store import Artifact, ArtifactStore, BuildContext
+from bertforge.pipeline.tracking import StageLoggers
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ class Pipeline:
         return self._build("tokenizer", config, {}, lambda ctx: self._train_tokenizer(ctx, config))
 
     def _train_tokenizer(self, ctx: BuildContext, config: dict) -> dict[str, float]:
-        from bertforge.corpus import load_documents
-        from bertforge.tokenizer import save_tokenizer, tokenizer_metrics, train_tokenizer
+        from bertforge.data.corpus import load_documents
+        from bertforge.data.tokenizer import save_tokenizer, tokenizer_metrics, train_tokenizer
 
         train, held_out = split_texts(load_documents(self.cfg.corpus))
         with self._loggers(ctx, config) as loggers:
@@ -143,7 +143,7 @@ class Pipeline:
         )
 
     def _build_pretrain_data(self, ctx: BuildContext, tokenizer_artifact: Artifact) -> dict:
-        from bertforge.corpus import load_documents
+        from bertforge.data.corpus import load_documents
         from bertforge.data.pretraining import write_pretraining_examples
 
         return write_pretraining_examples(
@@ -174,13 +174,13 @@ class Pipeline:
         )
 
     def _pretrain(self, ctx: BuildContext, config: dict) -> dict[str, float]:
-        from bertforge.pretraining import run_pretraining
+        from bertforge.stages.pretrain import run_pretraining
 
         with self._loggers(ctx, config, resume_from=ctx.path) as loggers:
             return run_pretraining(self.cfg, ctx, loggers)
 
     def finetune(self) -> Artifact:
-        from bertforge.finetuning import run_finetuning
+        from bertforge.stages.finetune import run_finetuning
 
         f = self.cfg.finetune
         finetune = {k: v for k, v in asdict(f).items() if k not in FINETUNE_UNHASHED}
@@ -214,7 +214,7 @@ class Pipeline:
         return {}
 
     def extract(self) -> Artifact:
-        from bertforge.extraction import run_extraction
+        from bertforge.stages.extract import run_extraction
 
         e = self.cfg.extract
         config: dict[str, Any] = {"extract": asdict(e)}
@@ -227,7 +227,7 @@ class Pipeline:
         )
 
     def visualize(self) -> Artifact:
-        from bertforge.visualization import run_visualization
+        from bertforge.stages.visualize import run_visualization
 
         v = {k: x for k, x in asdict(self.cfg.visualize).items() if k not in VISUALIZE_UNHASHED}
         config = {"visualize": v, "seed": self.cfg.seed}

@@ -20,10 +20,10 @@ from bertforge.hf import export_hf
 from bertforge.lit.pretrain import PretrainingModule
 from bertforge.lit.trainer import batch_plan, last_checkpoint, make_trainer
 from bertforge.model import BertConfig, num_parameters
-from bertforge.plots import plot_training_curves
-from bertforge.store import BuildContext
-from bertforge.tokenizer import load_tokenizer
-from bertforge.tracking import StageLoggers
+from bertforge.analysis.figures import plot_training_curves
+from bertforge.pipeline.store import BuildContext
+from bertforge.data.tokenizer import load_tokenizer
+from bertforge.pipeline.tracking import StageLoggers
 
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model_config.json"

@@ -14,9 +14,9 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from bertforge.embed import as_bert, encode_batch, encoder_tokenizer, eval_mode
+from bertforge.analysis.embed import as_bert, encode_batch, encoder_tokenizer, eval_mode
 from bertforge.errors import DataError
-from bertforge.plots import save_figure
+from bertforge.analysis.figures import save_figure
 
 CELL_INCHES = 0.28  # heat-map size per token, so tick labels stay readable
 

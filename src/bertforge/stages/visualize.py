@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bertforge.attention import attention_maps, plot_attention_average, plot_attention_grid
+from bertforge.analysis.attention import attention_maps, plot_attention_average, plot_attention_grid
 from bertforge.config import Config
-from bertforge.embed import load_embeddings
-from bertforge.extraction import SENTENCES, WORDS, load_encoder
-from bertforge.store import BuildContext
-from bertforge.tracking import StageLoggers
-from bertforge.viz import (
+from bertforge.analysis.embed import load_embeddings
+from bertforge.stages.extract import SENTENCES, WORDS, load_encoder
+from bertforge.pipeline.store import BuildContext
+from bertforge.pipeline.tracking import StageLoggers
+from bertforge.analysis.layouts import (
     METHOD_NAMES,
     Layout,
     embed_2d,

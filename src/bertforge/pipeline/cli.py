@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from bertforge.config import Config, to_config
-from bertforge.distributed import (
+from bertforge.pipeline.distributed import (
     end_distributed_job,
     export_submitit_environment,
     is_rank_zero,
@@ -24,7 +24,7 @@ from bertforge.distributed import (
 from bertforge.errors import BertforgeError
 
 EXIT_BAD_INPUT = 2
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the entry points' config_path
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # the entry points' config_path
 # errno values of a write that the user can fix (permissions, read-only or full disk, quota)
 WRITE_ERRNOS = {
     errno.EACCES: "set paths.outputs to a directory you can write to",
@@ -175,7 +175,7 @@ def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None
     try:
         config = to_config(cfg)
         config.run_name = config.run_name or hydra_run_name()
-        from bertforge.stages import Pipeline  # heavy imports only once the config is valid
+        from bertforge.pipeline.graph import Pipeline  # heavy imports only once the config is valid
 
         if config.trainer.num_threads:
             # Oversubscribed cores make OpenMP threads spin: 2 threads per job with 2 jobs on
@@ -212,7 +212,7 @@ def record_job(results) -> None:
     """Write `pipeline.json` into the Hydra job directory, for `pipelines/report.py`."""
     from hydra.core.hydra_config import HydraConfig
 
-    from bertforge.report import write_job_record
+    from bertforge.pipeline.report import write_job_record
 
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()

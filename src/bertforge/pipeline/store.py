@@ -29,7 +29,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from bertforge.distributed import global_rank, is_rank_zero
+from bertforge.pipeline.distributed import global_rank, is_rank_zero
 
 log = logging.getLogger(__name__)
 
