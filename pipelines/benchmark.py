@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from bertforge.bench.config import BenchmarkRunConfig, to_benchmark_config
-from bertforge.pipeline.cli import check_overrides, fail
 from bertforge.errors import BertforgeError
+from bertforge.pipeline.cli import check_overrides, fail
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -36,5 +36,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_overrides(root=BenchmarkRunConfig)
+    check_overrides(root=BenchmarkRunConfig, config_name="benchmark")
     main()

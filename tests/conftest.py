@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,32 @@ def compose(*overrides: str, outputs: Path | None = None):
     extra = [f"paths.outputs={outputs}"] if outputs is not None else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return to_config(hydra_compose("config", overrides=[*overrides, *extra]))
+
+
+@pytest.fixture(scope="session")
+def tiny_upstream(tmp_path_factory) -> Path:
+    """TINY's tokenizer, pretraining examples and pretraining (logged to W&B offline), built
+    once per test session. Tests that need them start from a copy (`tiny_outputs`): artifacts
+    are found by hash and inputs by content, so the copies are reused as they are."""
+    from bertforge.pipeline.graph import Pipeline
+
+    outputs = tmp_path_factory.mktemp("tiny_upstream")
+    Pipeline(compose(*TINY, "logger=wandb", "run_name=tiny", outputs=outputs)).run(["pretrain"])
+    return outputs
+
+
+@pytest.fixture
+def tiny_outputs(tiny_upstream, tmp_path) -> Path:
+    """A private copy of the session's tiny upstream artifacts, as `paths.outputs`."""
+    return copy_outputs(tiny_upstream, tmp_path / "outputs")
+
+
+def copy_outputs(source: Path, target: Path) -> Path:
+    """Copy an outputs tree's artifacts (not its W&B runs, locks or caches) to `target`."""
+    shutil.copytree(
+        source / "artifacts", target / "artifacts", ignore=shutil.ignore_patterns(".locks")
+    )
+    return target
 
 
 def child_env() -> dict[str, str]:

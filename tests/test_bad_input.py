@@ -1,11 +1,13 @@
-"""One catalogue of bad input, every stage: each case runs a real entry point in a subprocess.
+"""One catalogue of bad input, every stage, run the way an entry point runs it.
 
 Every case must end the same way: exit status 2, stderr's last non-empty line is the only
 `error: ...` line and names the fix (a config key, a file, the allowed values), no Python
 traceback, and no `manifest.json` for the stage that failed (nothing half-written looks
-complete). Cases that fail while the config is built run in a fresh output directory and must
-leave no artifacts at all; the others run against one shared tiny pretraining (built once per
-module) and are marked `slow` together (about 6 s each, mostly importing Lightning).
+complete). Cases that fail at start-up (the config, or a stage's inputs checked before anything
+builds) must leave no artifacts at all; the others run against a copy of the session's tiny
+pretraining. The cases run in-process: `check_overrides` then `run_pipeline`, the two calls of
+every `pipelines/*.py` (an exception other than the exit would fail the test as a traceback
+would); `test_entry_points_exit_2_with_one_line` runs real scripts for two of them.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 
-from conftest import TINY, run_entry_point
+from bertforge.pipeline.cli import check_overrides, run_pipeline
+from conftest import CONF, TINY, copy_outputs, run_entry_point
 
 MANIFEST = "manifest.json"
 EXIT_BAD_INPUT = 2
@@ -39,8 +44,7 @@ class Case:
 
 
 def case(id_: str, script: str, args: list[str], fragment: str, stage: str | None = None, **kw):
-    marks = [pytest.mark.slow] if stage else []
-    return pytest.param(Case(script, tuple(args), fragment, stage, **kw), id=id_, marks=marks)
+    return pytest.param(Case(script, tuple(args), fragment, stage, **kw), id=id_)
 
 
 # --- Inputs ----------------------------------------------------------------------------------
@@ -127,11 +131,9 @@ def write_bad_checkpoints(hf: Path, inputs: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> dict[str, Path]:
-    """A tiny pretraining (tokenizer, pretrain_data, pretrain) and the bad inputs, built once."""
-    outputs = tmp_path_factory.mktemp("outputs")
-    result = run_entry_point("pretrain.py", *TINY, f"paths.outputs={outputs}")
-    assert result.returncode == 0, result.stderr[-3000:]
+def shared(tiny_upstream, tmp_path_factory) -> dict[str, Path]:
+    """A copy of the tiny pretraining (tokenizer, pretrain_data, pretrain) and the bad inputs."""
+    outputs = copy_outputs(tiny_upstream, tmp_path_factory.mktemp("outputs"))
     (hf,) = (outputs / "artifacts" / "pretrain").glob("*/hf")
     inputs = tmp_path_factory.mktemp("inputs")
     write_bad_files(inputs)
@@ -167,11 +169,11 @@ CASES = [
          ["model.hidden_size=130", "model.num_attention_heads=4"],
          "choose a hidden size that is a multiple of the head count"),
     case("zero-attention-heads", "pretrain.py", ["model.num_attention_heads=0"],
-         "model.num_attention_heads=0 must be >= 1"),
+         "model.num_attention_heads=0 must be a positive integer"),
     case("negative-hidden-size", "pretrain.py", ["model.hidden_size=-128"],
-         "model.hidden_size=-128 must be >= 1"),
+         "model.hidden_size=-128 must be a positive integer"),
     case("zero-batch-size", "pretrain.py", ["pretrain.global_batch_size=0"],
-         "pretrain.global_batch_size must be >= 1"),
+         "pretrain.global_batch_size=0 must be >= 1"),
     case("pretrain-max-seq-length-1", "pretrain.py", ["pretrain.max_seq_length=1"],
          "pretrain.max_seq_length=1 is too short for [CLS] A [SEP] B [SEP]; use at least 8"),
     case("finetune-max-seq-length-1", "finetune.py", ["finetune.max_seq_length=1"],
@@ -200,6 +202,46 @@ CASES = [
     case("local-files-without-text-columns", "finetune.py",
          ["task=local_files", "task.train_file=a.csv", "task.validation_file=b.csv"],
          "task=local_files needs task.text_columns=[col]"),
+    case("nan-learning-rate", "pretrain.py", ["pretrain.lr=nan"],
+         "pretrain.lr=nan must be a positive finite number"),
+    case("negative-finetune-lr", "finetune.py", ["finetune.lr=-1e-3"],
+         "finetune.lr=-0.001 must be a positive finite number"),
+    case("zero-finetune-lr", "finetune.py", ["finetune.lr=0"],
+         "finetune.lr=0.0 must be a positive finite number"),
+    case("warmup-ratio-above-one", "pretrain.py", ["pretrain.warmup_ratio=1.5"],
+         "pretrain.warmup_ratio=1.5 must lie in [0, 1]"),
+    case("negative-finetune-warmup", "finetune.py", ["finetune.warmup_ratio=-0.1"],
+         "finetune.warmup_ratio=-0.1 must lie in [0, 1]"),
+    case("negative-seed", "run.py", ["seed=-1"], "seed=-1 is outside 0..4294967295"),
+    case("seed-beyond-32-bits", "run.py", ["seed=5000000000"],
+         "seed=5000000000 is outside 0..4294967295; use a 32-bit unsigned seed"),
+    case("negative-finetune-seed", "finetune.py", ["finetune.seeds=[1,-2]"],
+         "finetune.seeds=-2 is outside 0..4294967295"),
+    case("negative-threads", "pretrain.py", ["trainer.num_threads=-1"],
+         "trainer.num_threads=-1 must be >= 1"),
+    case("nothing-to-do", "run.py", ["stages=[]"], "stages=[] leaves nothing to do"),
+    case("stages-not-a-list", "run.py", ["stages=tokenizer"],
+         "stages: Invalid value assigned: str is not a ListConfig, list or tuple"),
+    case("text-columns-not-a-list", "finetune.py", [*LOCAL, "task.train_file={inputs}/good.csv",
+         "task.text_columns=document"], "task.text_columns: Invalid value assigned"),
+    case("unknown-stage", "run.py", ["stages=[tokenizer,pretrian]"],
+         "stages=['tokenizer', 'pretrian'] names pretrian, not a stage; choose from tokenizer"),
+    case("derived-model-key", "pretrain.py", ["model.vocab_size=1000"],
+         "model.vocab_size is taken from the tokenizer (tokenizer.vocab_size); remove the "
+         "override"),
+    case("selection-on-test", "finetune.py", ["optimized_metric=finetune/test_accuracy"],
+         "selects on the test split; optimise a validation metric instead, e.g. "
+         "optimized_metric=finetune/val_accuracy"),
+    case("outputs-is-a-file", "run.py", ["paths.outputs={inputs}/good.csv"],
+         "good.csv is a file, not a directory; set paths.outputs to a directory"),
+    case("outputs-under-proc", "run.py", ["paths.outputs=/proc/bertforge/outputs"],
+         "paths.outputs=/proc/bertforge/outputs is not writable"),
+    case("task-data-dir-missing", "finetune.py",
+         ["task=rte", "task.data_dir={inputs}/no_glue", *HF_INIT],
+         "task.data_dir={inputs}/no_glue does not exist"),
+    case("hf-model-missing", "finetune.py",
+         ["finetune.init=hf", "finetune.hf_model={inputs}/no_model"],
+         "finetune.hf_model={inputs}/no_model does not exist"),
     # -- HF checkpoints (finetune.init=hf, extract.source=hf) ----------------------------------
     case("truncated-safetensors", "finetune.py", ["finetune.init=hf",
          "finetune.hf_model={inputs}/truncated"],
@@ -264,7 +306,7 @@ CASES = [
          "has no text: every document is blank; point the corpus at text", "tokenizer"),
     case("corpus-path-missing", "pretrain.py",
          ["corpus=text_files", "corpus.path={inputs}/no_such_corpus"],
-         "no_such_corpus does not exist; set corpus.path to a file, dir or glob", "tokenizer"),
+         "no_such_corpus does not exist; point corpus.path at an existing file or directory"),
     case("batch-larger-than-dataset", "pretrain.py", ["pretrain.global_batch_size=100000"],
          "fewer than pretrain.global_batch_size=100000; lower the batch size or add text",
          "pretrain"),
@@ -286,26 +328,40 @@ def manifests(outputs: Path) -> set[Path]:
     return set((outputs / "artifacts").glob(f"*/*/{MANIFEST}"))
 
 
+SCRIPT_STAGES = {  # what each pipelines/*.py runs
+    "run.py": None, "tokenizer.py": ["tokenizer"], "pretrain.py": ["pretrain"],
+    "finetune.py": ["finetune"], "extract.py": ["extract"], "visualize.py": ["visualize"],
+}  # fmt: skip
+
+
+def run_like_the_entry_point(script: str, args: list[str]) -> None:
+    """`check_overrides()` then `@hydra.main`'s call of `run_pipeline`, in this process."""
+    check_overrides(args)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=args)
+    run_pipeline(cfg, only=SCRIPT_STAGES[script])
+
+
 @pytest.mark.parametrize("bad", CASES)
-def test_bad_input_is_one_line_that_names_the_fix(bad: Case, request, tmp_path):
-    if bad.stage is None:  # fails while the config is built: nothing upstream is needed
+def test_bad_input_is_one_line_that_names_the_fix(bad: Case, request, tmp_path, capsys):
+    if bad.stage is None:  # fails at start-up: nothing upstream is needed
         paths = {"outputs": tmp_path / "outputs", "inputs": tmp_path, "hf": tmp_path}
+        write_bad_files(tmp_path)
     else:
         paths = request.getfixturevalue("shared")
     before = manifests(paths["outputs"])
-    args = [arg.format(**paths) for arg in bad.args]
-    result = run_entry_point(
-        bad.script, *TINY, *args, f"paths.outputs={paths['outputs']}", timeout=180
-    )
+    args = [*TINY, *(arg.format(**paths) for arg in bad.args)]
+    if not any(arg.startswith("paths.outputs=") for arg in args):
+        args.append(f"paths.outputs={paths['outputs']}")
+    with pytest.raises(SystemExit) as exit_:
+        run_like_the_entry_point(bad.script, args)
 
-    stderr = result.stderr
-    assert result.returncode == EXIT_BAD_INPUT, stderr[-3000:]
-    assert "Traceback" not in stderr, stderr[-3000:]
+    assert exit_.value.code == EXIT_BAD_INPUT
+    stderr = capsys.readouterr().err
     lines = [line for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     assert errors == [lines[-1]], stderr[-3000:]  # one error line, and it comes last
-    assert lines[-1].startswith("error: ")
-    assert bad.fragment in lines[-1], lines[-1]
+    assert bad.fragment.format(**paths) in lines[-1], lines[-1]
 
     if bad.stage is None:
         assert not (paths["outputs"] / "artifacts").exists()
@@ -314,3 +370,25 @@ def test_bad_input_is_one_line_that_names_the_fix(bad: Case, request, tmp_path):
         assert not [m for m in new if m.parent.parent.name == bad.stage], new
     if bad.check:
         bad.check(paths["inputs"])
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "fragment"),
+    [
+        ("pretrain.py", ["pretrain.mask_rat=0.2"], "did you mean 'mask_rate'?"),
+        (
+            "finetune.py",
+            ["task=rte", "finetune.init=hf", "finetune.hf_model={hf}"],
+            "task=rte reads local GLUE files: set task.data_dir=<glue_data dir>",
+        ),
+    ],  # fmt: skip
+)
+def test_entry_points_exit_2_with_one_line(script, args, fragment, shared, tmp_path):
+    """The scripts themselves: exit status 2, one line on stderr, no traceback."""
+    args = [arg.format(**shared) for arg in args]
+    result = run_entry_point(script, *TINY, *args, f"paths.outputs={tmp_path}", timeout=180)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len([line for line in lines if line.startswith("error:")]) == 1
+    assert lines[-1].startswith("error: ") and fragment in lines[-1]

@@ -9,16 +9,16 @@ import torch
 
 from bertforge.analysis import embed
 from bertforge.analysis.attention import attention_maps, plot_attention_average, plot_attention_grid
-from bertforge.config import TokenizerConfig
-from bertforge.data.corpus import load_bbc_news
 from bertforge.analysis.embed import (
     extract_sentence_embeddings,
     extract_word_embeddings,
     load_embeddings,
 )
+from bertforge.config import TokenizerConfig
+from bertforge.data.corpus import load_bbc_news
+from bertforge.data.tokenizer import train_tokenizer
 from bertforge.errors import ConfigError, DataError
 from bertforge.model import BertConfig, BertForSequenceClassification, BertModel
-from bertforge.data.tokenizer import train_tokenizer
 
 SENTENCES = [
     "The bank raised interest rates to fight inflation.",

@@ -11,7 +11,7 @@ import pytest
 from bertforge.analysis.embed import load_embeddings
 from bertforge.errors import ConfigError, DataError
 from bertforge.pipeline.graph import Pipeline
-from conftest import TINY, compose
+from conftest import TINY, compose, copy_outputs
 
 FAST_VIZ = [
     "visualize.n_iter=300",
@@ -25,11 +25,11 @@ FAST_VIZ = [
 
 
 @pytest.fixture(scope="module")
-def visualized(tmp_path_factory):
-    outputs = tmp_path_factory.mktemp("outputs")
+def visualized(tiny_upstream, tmp_path_factory):
+    outputs = copy_outputs(tiny_upstream, tmp_path_factory.mktemp("outputs"))
     cfg = compose(*TINY, *FAST_VIZ, "extract.source=pretrain", "logger=wandb", outputs=outputs)
     pipeline = Pipeline(cfg)
-    return pipeline.extract(), pipeline.visualize()
+    return pipeline.artifact("extract"), pipeline.artifact("visualize")
 
 
 def test_extract_writes_arrays_and_metadata(visualized):
@@ -60,36 +60,38 @@ def test_visualize_writes_figures_and_quality_numbers(visualized):
 def test_wandb_run_holds_images_and_points_table(visualized):
     _, visualize = visualized
     manifest = json.loads((visualize.path / "manifest.json").read_text())
-    (files,) = [Path(p) for p in manifest["wandb_runs"]]
+    (run,) = [Path(p) for p in manifest["wandb_runs"]]
+    files = run / "files"
     assert list((files / "media" / "images").rglob("*.png"))
     (table,) = list((files / "media" / "table").rglob("*.table.json"))
     content = json.loads(table.read_text())
     assert content["columns"] == ["x", "y", "label", "text"] and len(content["data"]) == 48
 
 
-def test_unknown_split_names_the_choices(tmp_path):
+def test_unknown_split_names_the_choices(tiny_outputs):
     cfg = compose(
-        *TINY, *FAST_VIZ, "extract.source=pretrain", "extract.split=dev", outputs=tmp_path
+        *TINY, *FAST_VIZ, "extract.source=pretrain", "extract.split=dev", outputs=tiny_outputs
     )
     with pytest.raises(DataError, match="choose one of train, validation, test"):
-        Pipeline(cfg).extract()
+        Pipeline(cfg).artifact("extract")
 
 
-def test_word_that_never_occurs_suggests_close_matches(tmp_path):
+def test_word_that_never_occurs_suggests_close_matches(tiny_outputs):
     cfg = compose(
-        *TINY, *FAST_VIZ, "extract.source=pretrain", "extract.words=[goverment]", outputs=tmp_path
-    )
+        *TINY, *FAST_VIZ, "extract.source=pretrain", "extract.words=[goverment]",
+        outputs=tiny_outputs,
+    )  # fmt: skip
     with pytest.raises(DataError, match=r"never occurs.*close matches: government"):
-        Pipeline(cfg).extract()
+        Pipeline(cfg).artifact("extract")
 
 
-def test_perplexity_too_large_for_the_points(tmp_path):
+def test_perplexity_too_large_for_the_points(tiny_outputs):
     cfg = compose(
         *TINY, *FAST_VIZ, "extract.source=pretrain", "extract.max_examples=12",
-        "visualize.perplexity=30", outputs=tmp_path,
+        "visualize.perplexity=30", outputs=tiny_outputs,
     )  # fmt: skip
     with pytest.raises(ConfigError, match=r"use visualize\.perplexity <= 3\.6"):
-        Pipeline(cfg).visualize()
+        Pipeline(cfg).artifact("visualize")
 
 
 @pytest.mark.slow
@@ -111,5 +113,5 @@ def test_finetuned_model_separates_topics_better_than_an_untrained_one(tmp_path)
     scores = {}
     for steps in (1, 200):
         cfg = compose(*common, f"finetune.max_steps={steps}", outputs=tmp_path)
-        scores[steps] = Pipeline(cfg).visualize().metrics["knn_accuracy_2d"]
+        scores[steps] = Pipeline(cfg).artifact("visualize").metrics["knn_accuracy_2d"]
     assert scores[200] > 0.7 and scores[200] > scores[1] + 0.3, scores

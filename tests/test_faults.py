@@ -240,11 +240,12 @@ def test_damaged_last_checkpoint_is_set_aside_and_training_starts_over(tmp_path)
 
 
 def test_truncated_weights_of_a_complete_artifact_name_the_rebuild(upstream, tmp_path):
-    from bertforge.stages.pretrain import load_pretrained
+    from bertforge.artifacts import load_pretrained
+    from bertforge.pipeline.store import Artifact
 
     (artifact,) = (upstream / "artifacts" / "pretrain").glob("[0-9a-f]*")
     damaged = shutil.copytree(artifact, tmp_path / "pretrain")
     weights = damaged / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(DataError, match=r"is truncated or damaged .*rerun pipelines/pretrain\.py"):
-        load_pretrained(damaged)
+        load_pretrained(Artifact("pretrain", artifact.name, damaged, {}))

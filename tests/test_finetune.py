@@ -11,19 +11,20 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from bertforge.artifacts import load_finetuned
 from bertforge.data.finetuning import (
     PaddingCollator,
     encode_examples,
     load_checkpoint_tokenizer,
     wordpiece_from_vocab,
 )
-from bertforge.errors import ConfigError, TrainingDivergedError
-from bertforge.stages.finetune import load_finetuned, resolve_hf_model
+from bertforge.data.tasks import Example, TaskData
+from bertforge.errors import BertforgeError, ConfigError, TrainingDivergedError
+from bertforge.hf import resolve_hf_model
 from bertforge.lit.finetune import FinetuningModule
 from bertforge.model import BertConfig, BertForSequenceClassification
 from bertforge.pipeline.graph import Pipeline
-from bertforge.data.tasks import Example, TaskData
-from conftest import TINY, compose, requires_shared_data, run_entry_point
+from conftest import TINY, compose, copy_outputs, requires_shared_data, run_entry_point
 
 BBC_TOPICS = ["business", "entertainment", "politics", "sports", "tech"]
 
@@ -31,7 +32,7 @@ BBC_TOPICS = ["business", "entertainment", "politics", "sports", "tech"]
 def finetune(outputs: Path, *overrides: str, tiny: list[str] = TINY):
     """Run the finetune stage (upstream stages are built or reused); its Artifact."""
     cfg = compose(*tiny, *overrides, outputs=outputs)
-    return Pipeline(cfg).run(["finetune"])[-1].artifact
+    return Pipeline(cfg).artifact("finetune")
 
 
 def minilm_dir() -> Path:
@@ -52,9 +53,9 @@ def write_tsv(path: Path, rows: list[list[str]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory) -> Path:
-    """One output tree for the module, so the tiny tokenizer and pretraining are built once."""
-    return tmp_path_factory.mktemp("outputs")
+def outputs(tiny_upstream, tmp_path_factory) -> Path:
+    """One output tree for the module, starting from the session's tiny pretraining."""
+    return copy_outputs(tiny_upstream, tmp_path_factory.mktemp("outputs"))
 
 
 @pytest.fixture(scope="module")
@@ -68,27 +69,31 @@ def bbc(outputs):
 
 def test_pretrained_bbc_news_two_seeds(bbc):
     assert not bbc.reused
-    assert set(bbc.manifest["upstream"]) == {"tokenizer", "pretrain"}
+    assert set(bbc.manifest["upstream"]) == {"pretrain"}
+    assert bbc.manifest["model"]["name"] == "pretrained bert_tiny fine-tuned on bbc_news"
     metrics = bbc.metrics
-    for name in ("accuracy", "f1"):
-        assert 0.0 <= metrics[f"eval_{name}"] <= 1.0
-        assert metrics[f"eval_{name}_std"] >= 0.0
+    for split in ("val", "test"):  # the best checkpoint by validation, scored on both splits
+        for name in ("accuracy", "f1"):
+            assert 0.0 <= metrics[f"{split}_{name}"] <= 1.0
+            assert metrics[f"{split}_{name}_std"] >= 0.0 and metrics[f"{split}_{name}_ci95"] >= 0
     assert metrics["seeds"] == 2 and metrics["train_seconds"] > 0
 
     table = read_csv(bbc.path / "results.csv")
-    assert table[0][:3] == ["seed", "accuracy", "f1"]
-    assert [row[0] for row in table[1:]] == ["1", "2", "mean", "std"]
-    mean = table[0].index("accuracy")
-    assert float(table[3][mean]) == pytest.approx(metrics["eval_accuracy"])
+    assert table[0][:5] == ["seed", "val_accuracy", "val_f1", "test_accuracy", "test_f1"]
+    assert [row[0] for row in table[1:]] == ["1", "2", "mean", "std", "ci95_low", "ci95_high"]
+    mean = table[0].index("test_accuracy")
+    assert float(table[3][mean]) == pytest.approx(metrics["test_accuracy"])
     markdown = (bbc.path / "results.md").read_text()
-    assert "| 1 |" in markdown and "| 2 |" in markdown and "mean ± std (n=2)" in markdown
+    assert "| 1 |" in markdown and "| 2 |" in markdown and "| mean (n=2) |" in markdown
 
     for seed in (1, 2):
-        predictions = read_csv(bbc.path / f"predictions_seed{seed}.csv")
-        assert predictions[0] == ["id", "text", "gold", "predicted", "confidence"]
-        assert len(predictions) == 1 + 48  # every eval row (task.max_examples=48)
-        assert {row[3] for row in predictions[1:]} <= set(BBC_TOPICS)
-        assert (bbc.path / f"confusion_matrix_seed{seed}.png").stat().st_size > 1000
+        for split in ("validation", "test"):
+            predictions = read_csv(bbc.path / f"predictions_seed{seed}_{split}.csv")
+            assert predictions[0] == ["id", "text", "gold", "predicted", "confidence"]
+            assert len(predictions) == 1 + 48  # every row (task.max_examples=48)
+            assert {row[3] for row in predictions[1:]} <= set(BBC_TOPICS)
+            png = bbc.path / f"confusion_matrix_seed{seed}_{split}.png"
+            assert png.stat().st_size > 1000
         assert (bbc.path / "logs" / f"seed{seed}" / "metrics.csv").is_file()
     assert not (bbc.path / "training").exists()  # checkpoints are removed after each seed
 
@@ -99,7 +104,7 @@ def test_same_config_is_reused(outputs, bbc):
 
 
 def test_load_finetuned_gives_the_first_seeds_model(bbc):
-    model, config, label_names = load_finetuned(bbc.path)
+    model, config, label_names = load_finetuned(bbc)
     assert label_names == BBC_TOPICS
     assert config.num_labels == 5 and config.problem_type == "classification"
     assert isinstance(model, BertForSequenceClassification)
@@ -111,7 +116,7 @@ def test_export_matches_transformers_logits(bbc):
     export = bbc.path / "hf"
     hf_model = transformers.BertForSequenceClassification.from_pretrained(export).eval()
     assert hf_model.config.id2label == dict(enumerate(BBC_TOPICS))
-    ours = load_finetuned(bbc.path)[0].eval()
+    ours = load_finetuned(bbc)[0].eval()
     examples = [Example("Shares fell sharply.", None, 0, "a"), Example("A film", "won.", 1, "b")]
     rows = encode_examples(Tokenizer.from_file(str(export / "tokenizer.json")), examples, 32)
     batch = PaddingCollator(pad_id=0, regression=False)(rows)
@@ -129,7 +134,8 @@ def test_random_init_depends_on_the_tokenizer_only(outputs):
     artifact = finetune(outputs, "finetune.init=random")
     assert set(artifact.manifest["upstream"]) == {"tokenizer"}
     assert artifact.manifest["config"]["model"]["name"] == "bert_tiny"
-    assert "eval_accuracy" in artifact.metrics and artifact.metrics["seeds"] == 1
+    assert "test_accuracy" in artifact.metrics and artifact.metrics["seeds"] == 1
+    assert "val_accuracy_std" not in artifact.metrics  # no std or CI from one seed
 
 
 def test_stsb_regression(outputs, tmp_path):
@@ -144,12 +150,13 @@ def test_stsb_regression(outputs, tmp_path):
         rows = [[str(i), *meta, a, b, s] for i, (a, b, s) in enumerate(pairs * 4)]
         write_tsv(tmp_path / "STS-B" / file, [header, *rows])
     artifact = finetune(outputs, "task=stsb", f"task.data_dir={tmp_path}")
-    assert {"eval_pearson", "eval_spearman", "eval_pearson_std"} <= set(artifact.metrics)
-    _, config, label_names = load_finetuned(artifact.path)
+    assert {"val_pearson", "val_spearman"} <= set(artifact.metrics)
+    assert not any(key.startswith("test_") for key in artifact.metrics)  # GLUE: dev only
+    _, config, label_names = load_finetuned(artifact)
     assert config.num_labels == 1 and config.problem_type == "regression" and label_names is None
     exported = json.loads((artifact.path / "hf" / "config.json").read_text())
     assert exported["problem_type"] == "regression"
-    predictions = read_csv(artifact.path / "predictions_seed42.csv")
+    predictions = read_csv(artifact.path / "predictions_seed42_validation.csv")
     assert predictions[0] == ["id", "text", "gold", "predicted"]
     assert predictions[1][1] == "A man plays a guitar. [SEP] A man plays guitar."
     assert not list(artifact.path.glob("confusion_matrix*"))
@@ -173,12 +180,12 @@ def test_mnli_reports_matched_and_mismatched(outputs, tmp_path):
     for file in ("dev_matched.tsv", "dev_mismatched.tsv"):
         write_tsv(tmp_path / "MNLI" / file, [dev_header, *dev])
     artifact = finetune(outputs, "task=mnli", f"task.data_dir={tmp_path}")
-    for name in ("eval_accuracy_matched", "eval_accuracy_mismatched"):
-        assert name in artifact.metrics and f"{name}_std" in artifact.metrics
-    assert "eval_accuracy" not in artifact.metrics
-    for postfix in ("_matched", "_mismatched"):
-        assert len(read_csv(artifact.path / f"predictions_seed42{postfix}.csv")) == 13
-        assert (artifact.path / f"confusion_matrix_seed42{postfix}.png").is_file()
+    for name in ("val_accuracy_matched", "val_accuracy_mismatched"):
+        assert name in artifact.metrics
+    assert "val_accuracy" not in artifact.metrics
+    for split in ("validation", "validation_mismatched"):
+        assert len(read_csv(artifact.path / f"predictions_seed42_{split}.csv")) == 13
+        assert (artifact.path / f"confusion_matrix_seed42_{split}.png").is_file()
 
 
 def test_wandb_offline_run_holds_the_confusion_matrix_and_tables(outputs):
@@ -186,11 +193,13 @@ def test_wandb_offline_run_holds_the_confusion_matrix_and_tables(outputs):
     overrides = ["logger=wandb", "finetune.sample_predictions=5", "force=true", "stages=[finetune]"]
     artifact = finetune(outputs, *overrides, tiny=tiny)
     (run,) = artifact.manifest["wandb_runs"]
-    media = Path(run) / "media"  # the run's files/ directory
-    assert list(media.glob("images/**/confusion_matrix*.png"))
-    tables = {p.name.split("_")[0]: p for p in media.glob("table/**/*.table.json")}
-    assert set(tables) == {"predictions", "results"}
-    sample = json.loads(tables["predictions"].read_text())
+    media = Path(run) / "files" / "media"
+    assert len(list(media.glob("images/confusion_matrix/*.png"))) == 2  # validation, test
+    tables = {p.parent.name: p for p in media.glob("table/**/*.table.json")}
+    assert {"predictions", "confusion"} <= set(tables) and list(media.glob("table/results*"))
+    confusion = json.loads(next(media.glob("table/confusion/*.table.json")).read_text())
+    assert confusion["columns"] == ["Actual", "Predicted", "nPredictions"]  # wandb's plot
+    sample = json.loads(next(media.glob("table/predictions/test*.table.json")).read_text())
     assert sample["columns"] == ["id", "text", "gold", "predicted", "confidence"]
     assert len(sample["data"]) == 5
 
@@ -208,7 +217,7 @@ def test_hf_minilm_on_real_rte(outputs):
         "task.max_examples=24",
     )
     assert artifact.manifest["upstream"] == {}
-    assert 0.0 <= artifact.metrics["eval_accuracy"] <= 1.0
+    assert 0.0 <= artifact.metrics["val_accuracy"] <= 1.0
     config = json.loads((artifact.path / "hf" / "config.json").read_text())
     assert config["hidden_size"] == 384 and config["architectures"] == [
         "BertForSequenceClassification"
@@ -242,7 +251,7 @@ def test_missing_hf_model_directory_is_one_line(tmp_path):
 
 def test_hub_name_offline_suggests_a_local_directory(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConfigError, match="pass its local directory") as err:
+    with pytest.raises(BertforgeError, match="pass its local directory") as err:
         resolve_hf_model("bertforge-test/no-such-model")
     assert "\n" not in str(err.value)
 
@@ -308,7 +317,7 @@ def test_ddp_on_cpu_trains_every_rank_and_writes_once(tmp_path):
     assert "GLOBAL_RANK: 1" in result.stderr
     (manifest,) = (tmp_path / "artifacts" / "finetune").glob("*/manifest.json")
     metrics = json.loads(manifest.read_text())["metrics"]
-    assert metrics["seeds"] == 2 and "eval_accuracy" in metrics
+    assert metrics["seeds"] == 2 and "test_accuracy" in metrics
     rows = read_csv(manifest.parent / "results.csv")
-    assert [row[0] for row in rows[1:]] == ["1", "2", "mean", "std"]
+    assert [row[0] for row in rows[1:]] == ["1", "2", "mean", "std", "ci95_low", "ci95_high"]
     assert not (manifest.parent / "training").exists()

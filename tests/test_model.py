@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from bertforge.errors import ConfigError
 from bertforge.model import (
     BertConfig,
     BertForPreTraining,
@@ -140,7 +141,7 @@ def test_hidden_size_not_divisible_by_heads():
         "model.hidden_size=130 is not divisible by model.num_attention_heads=4; "
         "choose a hidden size that is a multiple of the head count"
     )
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ConfigError) as e:
         tiny_config(hidden_size=130, num_attention_heads=4)
     assert str(e.value) == msg
 
@@ -158,14 +159,14 @@ def test_hidden_size_not_divisible_by_heads():
     ],
 )
 def test_config_validation(overrides, key):
-    with pytest.raises(ValueError, match=key) as e:
+    with pytest.raises(ConfigError, match=key) as e:
         tiny_config(**overrides)
     assert "\n" not in str(e.value)
 
 
 def test_sequence_longer_than_positions_is_rejected():
     model = BertModel(tiny_config(max_position_embeddings=8))
-    with pytest.raises(ValueError, match=r"exceeds model\.max_position_embeddings=8"):
+    with pytest.raises(ConfigError, match=r"exceeds model\.max_position_embeddings=8"):
         model(torch.ones(1, 9, dtype=torch.long))
 
 

@@ -13,7 +13,7 @@ import torch
 from bertforge.errors import DataError, TrainingDivergedError
 from bertforge.pipeline.graph import Pipeline
 from bertforge.pipeline.store import MANIFEST
-from conftest import REPO, TINY, compose, run_entry_point
+from conftest import REPO, TINY, compose, copy_outputs, run_entry_point
 from wandb_offline import read_offline_run
 
 GOLDEN = REPO / "tests" / "golden" / "pretrain_bert_tiny_10_steps.json"
@@ -23,11 +23,10 @@ GOLDEN_TOKENIZER = REPO / "tests" / "golden" / "tokenizer_bert_tiny_test.json"
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    outputs = tmp_path_factory.mktemp("outputs")
-    cfg = compose(*TINY, "logger=wandb", "run_name=tiny", outputs=outputs)
-    results = Pipeline(cfg).run(["tokenizer", "pretrain"])
-    return outputs, {r.stage: r.artifact for r in results}
+def tiny_run(tiny_upstream):
+    """The session's tiny upstream (read-only here: tests that build copy it first)."""
+    pipeline = Pipeline(compose(*TINY, outputs=tiny_upstream))
+    return tiny_upstream, {name: pipeline.artifact(name) for name in ("tokenizer", "pretrain")}
 
 
 def test_artifacts_and_manifests(tiny_run):
@@ -41,6 +40,9 @@ def test_artifacts_and_manifests(tiny_run):
     manifest = json.loads((pretrain.path / MANIFEST).read_text())
     assert manifest["upstream"]["tokenizer"] == tokenizer.hash
     assert set(manifest["upstream"]) == {"tokenizer", "pretrain_data"}
+    assert manifest["model"] == {"name": "pretrained bert_tiny", "trained_length": 64}
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
+        assert (pretrain.path / "hf" / name).is_file()  # the export is a whole checkpoint
     metrics = manifest["metrics"]
     expected = {"val_loss_mlm", "val_loss_nsp", "val_mlm_accuracy", "val_nsp_accuracy"}
     assert expected | {"tokens_per_s", "steps"} <= set(metrics)
@@ -51,22 +53,28 @@ def test_artifacts_and_manifests(tiny_run):
 def test_wandb_offline_run_holds_metrics_and_config(tiny_run):
     _, artifacts = tiny_run
     runs = json.loads((artifacts["pretrain"].path / MANIFEST).read_text())["wandb_runs"]
-    run = read_offline_run(Path(runs[0]).parent)
+    run = read_offline_run(Path(runs[0]))
     assert run["run"].run_group == "tiny" and run["run"].job_type == "pretrain"
-    assert run["config"]["pretrain"]["mask_rate"] == 0.15
-    assert run["config"]["model"]["name"] == "bert_tiny"
+    config = run["config"]
+    assert config["pretrain"]["mask_rate"] == 0.15 and config["model"]["name"] == "bert_tiny"
+    # the whole lineage: the upstream stages' settings, the artifacts, the code version
+    assert config["tokenizer"]["vocab_size"] == 800 and config["corpus"]["max_documents"] == 120
+    assert config["artifacts"]["tokenizer"] == f"tokenizer-{artifacts['tokenizer'].hash}"
+    assert config["artifacts"]["pretrain"] == f"pretrain-{artifacts['pretrain'].hash}"
+    assert set(config["code"]) == {"version", "git_commit", "git_dirty"}
     logged = {key for row in run["history"] for key in row}
     assert {"train/loss_mlm", "train/loss_nsp", "train/lr", "val/loss_mlm"} <= logged
     assert any(key.startswith("pretrain/loss_curves") for key in logged)
     tokenizer_runs = json.loads((artifacts["tokenizer"].path / MANIFEST).read_text())["wandb_runs"]
-    tokenizer_run = read_offline_run(Path(tokenizer_runs[0]).parent)
+    tokenizer_run = read_offline_run(Path(tokenizer_runs[0]))
     assert tokenizer_run["run"].job_type == "tokenizer"
     assert any("tokenizer/unk_rate" in row for row in tokenizer_run["history"])
 
 
 def test_second_run_reuses_and_loggers_do_not_change_hashes(tiny_run):
     outputs, artifacts = tiny_run
-    again = compose(*TINY, "logger=none", "trainer.enable_progress_bar=true", outputs=outputs)
+    watch = ["logger=none", "trainer.enable_progress_bar=true", "pretrain.num_workers=1"]
+    again = compose(*TINY, *watch, "pretrain.checkpoint_every_n_steps=5", outputs=outputs)
     results = {r.stage: r.artifact for r in Pipeline(again).run(["tokenizer", "pretrain"])}
     assert results["tokenizer"].reused and results["pretrain"].reused
     assert results["pretrain"].hash == artifacts["pretrain"].hash
@@ -74,18 +82,16 @@ def test_second_run_reuses_and_loggers_do_not_change_hashes(tiny_run):
 
 def test_result_relevant_key_changes_the_hash(tiny_run):
     outputs, artifacts = tiny_run
-    changed = compose(*TINY, "pretrain.mask_rate=0.3", outputs=outputs)
-    pipeline = Pipeline(changed)
-    assert pipeline.tokenizer().reused and pipeline.pretrain_data().reused
-    assert pipeline.pretrain().hash != artifacts["pretrain"].hash
+    pipeline = Pipeline(compose(*TINY, "pretrain.mask_rate=0.3", outputs=outputs))
+    assert pipeline.hashed("pretrain_data") == Pipeline(compose(*TINY)).hashed("pretrain_data")
+    assert pipeline.hashed("pretrain") != Pipeline(compose(*TINY)).hashed("pretrain")
 
 
-def test_length_bucketing_is_hashed_and_cuts_padding(tiny_run):
-    outputs, _ = tiny_run  # its tokenizer is reused
+def test_length_bucketing_is_hashed_and_cuts_padding(tiny_outputs):
     varied = [*TINY, "pretrain.short_seq_prob=0.5", "pretrain.max_steps=40", "logger=csv"]
-    plain = Pipeline(compose(*varied, outputs=outputs)).pretrain()
-    cfg = compose(*varied, "pretrain.length_bucket_window=32", outputs=outputs)
-    bucketed = Pipeline(cfg).pretrain()
+    plain = Pipeline(compose(*varied, outputs=tiny_outputs)).artifact("pretrain")
+    cfg = compose(*varied, "pretrain.length_bucket_window=32", outputs=tiny_outputs)
+    bucketed = Pipeline(cfg).artifact("pretrain")
     assert bucketed.hash != plain.hash
     assert bucketed.manifest["config"]["pretrain"]["length_bucket_window"] == 32
     assert 0 < bucketed.metrics["padding_share"] < 0.6 * plain.metrics["padding_share"]
@@ -94,10 +100,10 @@ def test_length_bucketing_is_hashed_and_cuts_padding(tiny_run):
 def test_hf_export_reproduces_our_logits(tiny_run):
     from transformers import BertForPreTraining
 
-    from bertforge.stages.pretrain import load_pretrained
+    from bertforge.artifacts import load_pretrained
 
     _, artifacts = tiny_run
-    ours, config = load_pretrained(artifacts["pretrain"].path)
+    ours, config = load_pretrained(artifacts["pretrain"])
     theirs = BertForPreTraining.from_pretrained(artifacts["pretrain"].path / "hf")
     ours.eval(), theirs.eval()
     ids = torch.randint(5, config.vocab_size, (3, 12))
@@ -115,15 +121,15 @@ def test_hf_export_reproduces_our_logits(tiny_run):
 def golden_losses(outputs: Path, monkeypatch) -> list[float]:
     from tokenizers import Tokenizer
 
-    import bertforge.data.tokenizer
+    import bertforge.stages.tokenizer
 
     fixed = Tokenizer.from_file(str(GOLDEN_TOKENIZER))
-    monkeypatch.setattr(bertforge.data.tokenizer, "train_tokenizer", lambda texts, cfg: fixed)
+    monkeypatch.setattr(bertforge.stages.tokenizer, "train_tokenizer", lambda texts, cfg: fixed)
     cfg = compose(
         *TINY, "pretrain.max_steps=10", "pretrain.val_check_interval=10",
         "trainer.log_every_n_steps=1", outputs=outputs,
     )  # fmt: skip
-    artifact = Pipeline(cfg).pretrain()
+    artifact = Pipeline(cfg).artifact("pretrain")
     rows = (artifact.path / "logs" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     column = header.index("train/loss")
@@ -137,20 +143,21 @@ def test_golden_loss_curve(tmp_path, monkeypatch):
     torch.testing.assert_close(losses, golden["train_loss"], atol=1e-3, rtol=0)
 
 
-def test_mlm_only_drops_nsp(tmp_path):
-    cfg = compose(*TINY, "pretrain=mlm_only", outputs=tmp_path)
-    metrics = Pipeline(cfg).pretrain().metrics
+def test_mlm_only_drops_nsp(tiny_outputs):
+    cfg = compose(*TINY, "pretrain=mlm_only", outputs=tiny_outputs)
+    metrics = Pipeline(cfg).artifact("pretrain").metrics
     assert "val_loss_mlm" in metrics and "val_loss_nsp" not in metrics
 
 
-def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_outputs):
     cfg = compose(
         *TINY, "pretrain.lr=1e6", "pretrain.max_steps=40", "pretrain.checkpoint_every_n_steps=1",
-        "pretrain.warmup_ratio=0", "pretrain.gradient_clip_val=1e9", outputs=tmp_path,
+        "pretrain.warmup_ratio=0", "pretrain.gradient_clip_val=1e9", outputs=tiny_outputs,
     )  # fmt: skip
+    pipeline = Pipeline(cfg)
     with pytest.raises(TrainingDivergedError, match=r"at step \d+; lower pretrain.lr"):
-        Pipeline(cfg).pretrain()
-    (path,) = (tmp_path / "artifacts" / "pretrain").glob("[0-9a-f]*")
+        pipeline.artifact("pretrain")
+    path = pipeline.store.path_for("pretrain", pipeline.artifact_hash("pretrain"))
     assert not (path / MANIFEST).exists()
     checkpoint = torch.load(path / "checkpoints" / "last.ckpt", weights_only=False)
     weights = checkpoint["state_dict"].values()
@@ -172,7 +179,7 @@ def test_bad_corpus_fails_clearly_and_leaves_nothing_complete(tmp_path, make_cor
     make_corpus(corpus)
     cfg = compose(*TINY, "corpus=text_files", f"corpus.path={corpus}", outputs=tmp_path / "out")
     with pytest.raises(DataError, match=fragment):
-        Pipeline(cfg).pretrain()
+        Pipeline(cfg).run(["pretrain"])
     assert not list((tmp_path / "out").rglob(MANIFEST))
 
 
@@ -199,37 +206,34 @@ def test_cli_builds_then_reuses(tmp_path):
 
 
 @pytest.mark.slow
-def test_losses_clearly_fall(tmp_path):
+def test_losses_clearly_fall(tiny_outputs):
     cfg = compose(
         *TINY, "pretrain.max_steps=250", "pretrain.global_batch_size=16",
-        "pretrain.val_check_interval=125", outputs=tmp_path,
+        "pretrain.val_check_interval=125", outputs=tiny_outputs,
     )  # fmt: skip
-    metrics = Pipeline(cfg).pretrain().metrics
+    metrics = Pipeline(cfg).artifact("pretrain").metrics
     assert metrics["train_loss_last"] < metrics["train_loss_first"] - 0.5
 
 
-def test_force_rebuilds_only_the_requested_stage(tiny_run):
-    outputs, artifacts = tiny_run
-    # Runs last in this module: it rebuilds the shared fixture's pretrain artifact in place.
-    pipeline = Pipeline(compose(*TINY, "logger=csv", "force=true", outputs=outputs))
+def test_force_rebuilds_only_the_requested_stage(tiny_run, tiny_outputs):
+    _, artifacts = tiny_run
+    pipeline = Pipeline(compose(*TINY, "logger=csv", "force=true", outputs=tiny_outputs))
     pipeline.run(["pretrain"])
     rebuilt = pipeline.results["pretrain"].artifact
     assert not rebuilt.reused and rebuilt.hash == artifacts["pretrain"].hash
     assert pipeline.results["tokenizer"].artifact.reused  # upstream untouched by force
 
 
-def test_loader_workers_do_not_change_the_result(tmp_path):
+def test_loader_workers_do_not_change_the_result(tiny_upstream, tmp_path):
     """`pretrain.num_workers` is not hashed, so it must not change what is computed: masks and
     order come from the loader's own seeds, and workers never draw from the global RNG."""
     from safetensors.torch import load_file
 
     weights = []
     for workers in (0, 2):
-        outputs = tmp_path / f"workers{workers}"
-        if workers:  # the same tokenizer (WordPiece training is not deterministic)
-            shutil.copytree(tmp_path / "workers0", outputs)
-            shutil.rmtree(outputs / "artifacts" / "pretrain")
+        outputs = copy_outputs(tiny_upstream, tmp_path / f"workers{workers}")
+        shutil.rmtree(outputs / "artifacts" / "pretrain")  # built again with these workers
         cfg = compose(*TINY, f"pretrain.num_workers={workers}", outputs=outputs)
-        weights.append(load_file(Pipeline(cfg).pretrain().path / "model.safetensors"))
+        weights.append(load_file(Pipeline(cfg).artifact("pretrain").path / "model.safetensors"))
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name

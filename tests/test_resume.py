@@ -80,17 +80,15 @@ def logged_steps(metrics_csv: Path, column: str) -> set[int]:
 
 def offline_run_ids(outputs: Path, run_dir: str) -> list[str]:
     """The W&B run id of the offline run directory, and of every directory with that id."""
-    run_id = Path(run_dir).parent.name.rsplit("-", 1)[-1]
+    run_id = Path(run_dir).name.rsplit("-", 1)[-1]
     return [p.name for p in (outputs / "wandb").glob(f"offline-run-*-{run_id}")]
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory) -> Path:
-    """Outputs with the tokenizer, pretraining data and a pretrained model to start from: built
-    once and copied, because WordPiece training is not deterministic (tokenizers#1794)."""
-    outputs = tmp_path_factory.mktemp("upstream")
-    run_to_completion("pretrain.py", [*TINY, "logger=csv", f"paths.outputs={outputs}"])
-    return outputs
+def upstream(tiny_upstream) -> Path:
+    """Outputs with the tokenizer, pretraining data and a pretrained model to start from (the
+    session's; copied, because WordPiece training is not deterministic: tokenizers#1794)."""
+    return tiny_upstream
 
 
 def copies(upstream: Path, *dirs: Path, without: str | None = None) -> tuple[Path, ...]:
@@ -147,9 +145,9 @@ def test_killed_finetuning_resumes_every_seed_to_the_uninterrupted_result(upstre
     assert_same_weights(ours / "hf" / "model.safetensors", theirs / "hf" / "model.safetensors")
     with open(ours / "results.csv") as a, open(theirs / "results.csv") as b:
         got, want = list(csv.DictReader(a)), list(csv.DictReader(b))
-    assert [r["seed"] for r in got] == ["1", "2", "mean", "std"]
+    assert [r["seed"] for r in got] == ["1", "2", "mean", "std", "ci95_low", "ci95_high"]
     for row, expected in zip(got, want, strict=True):
-        for key in ("accuracy", "f1", "steps"):
+        for key in ("val_accuracy", "test_accuracy", "test_f1", "steps"):
             assert float(row[key]) == pytest.approx(float(expected[key]), abs=1e-9), (row, key)
     assert not (ours / "training").exists()  # per-seed checkpoints are removed once complete
 

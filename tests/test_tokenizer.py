@@ -8,7 +8,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from bertforge.config import SPECIAL_TOKENS, TokenizerConfig
 from bertforge.data.corpus import documents_to_texts, load_bbc_news
-from bertforge.errors import DataError
 from bertforge.data.tokenizer import (
     build_tokenizer,
     load_tokenizer,
@@ -17,6 +16,7 @@ from bertforge.data.tokenizer import (
     tokenizer_metrics,
     train_tokenizer,
 )
+from bertforge.errors import DataError
 
 KOREAN_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "korean"
 KOREAN = [

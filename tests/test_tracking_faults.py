@@ -95,8 +95,8 @@ def assert_offline_runs(outputs: Path, stages: list[str]) -> None:
     """Each stage's manifest names one offline W&B run under `<outputs>/wandb` with its metrics."""
     for stage in stages:
         _, content = manifest(outputs, stage)
-        (files,) = content["wandb_runs"]
-        run_dir = Path(files).parent
+        (run,) = content["wandb_runs"]
+        run_dir = Path(run)  # the offline-run-* directory, which `wandb sync` takes
         assert run_dir.parent == outputs / "wandb" and run_dir.name.startswith("offline-run-")
         logged = {key for row in read_offline_run(run_dir)["history"] for key in row}
         expected = "train/loss_mlm" if stage == "pretrain" else f"{stage}/vocab_size"

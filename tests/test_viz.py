@@ -7,12 +7,7 @@ import pytest
 import torch
 from sklearn.datasets import make_blobs
 
-from bertforge.config import TokenizerConfig, VisualizeConfig
-from bertforge.data.corpus import load_bbc_news
 from bertforge.analysis.embed import extract_sentence_embeddings, load_embeddings
-from bertforge.errors import ConfigError, DataError
-from bertforge.model import BertConfig, BertModel
-from bertforge.data.tokenizer import train_tokenizer
 from bertforge.analysis.layouts import (
     Layout,
     embed_2d,
@@ -22,6 +17,11 @@ from bertforge.analysis.layouts import (
     plot_scatter,
     plot_snapshots,
 )
+from bertforge.config import TokenizerConfig, VisualizeConfig
+from bertforge.data.corpus import load_bbc_news
+from bertforge.data.tokenizer import train_tokenizer
+from bertforge.errors import ConfigError, DataError
+from bertforge.model import BertConfig, BertModel
 
 # Short runs: 100 exaggerated + 200 plain updates. One thread: quick on a busy machine.
 FAST = VisualizeConfig(perplexity=15, n_iter=300, early_exaggeration_iter=100, snapshots=[100, 200])

@@ -1,27 +1,57 @@
-"""Typed config schemas, registered with Hydra's ConfigStore.
+"""Typed config schemas, registered with Hydra's ConfigStore; the one home of every default.
 
 `conf/config.yaml` starts its defaults list with `config_schema`, so every YAML file merges onto
-these dataclasses: a misspelt key or a wrongly typed value fails while Hydra composes. The entry
-points convert the composed DictConfig once (`to_config`); nothing below them sees a DictConfig.
-Value checks that types cannot express live in `__post_init__` and raise `ConfigError`.
+these dataclasses: a misspelt key or a wrongly typed value fails while Hydra composes. The YAML
+files only say what an option changes (tests/test_config.py checks that none repeats a default).
+The entry points convert the composed DictConfig once (`to_config`); nothing below them sees a
+DictConfig. Value checks that types cannot express live in `__post_init__` (`ConfigError`).
+
+What enters a stage's artifact hash is read off these fields (`pipeline/hashing.py`): every field
+is hashed unless marked `watch_only()` (it changes how a run is watched, not what it computes);
+a field marked `input_path()` names a file or directory and is hashed by its content.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from bertforge.errors import ConfigError
+from bertforge.model import BertConfig
 
-STAGES = ("tokenizer", "pretrain", "finetune", "extract", "visualize")
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seeds are 32-bit
 
 
-def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
+def watch_only(default: Any = MISSING, *, default_factory: Any = MISSING) -> Any:
+    """A field that changes how a run is watched or exported, never what it computes: it is
+    left out of every artifact hash."""
+    return field(default=default, default_factory=default_factory, metadata={"hashed": False})
+
+
+def input_path(kind: str = "path") -> Any:
+    """A file, directory or glob that a stage reads (`kind` "path"), or an HF checkpoint that
+    may also be a Hub name (`kind` "hf_model"): hashed by content, not by name."""
+    return field(default=None, metadata={"input": kind})
+
+
+def check_choice(key: str, value: Any, allowed: tuple[Any, ...] | list[Any]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def check_positive(key: str, value: float) -> None:
+    """`value` is a finite number above 0 (NaN and inf fail: `nan <= 0` is False)."""
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key}={value} must be a positive finite number")
+
+
+def check_share(key: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key}={value} must lie in [0, 1] (a share of the steps)")
 
 
 @dataclass
@@ -34,8 +64,8 @@ class CorpusConfig:
     """Pretraining text. `source` is set by the chosen `corpus=` group option."""
 
     source: str = "embedded"  # embedded | text_files | hf_dataset
-    path: str | None = None  # text_files: file, directory or glob; hf_dataset: local path
-    name: str | None = None  # hf_dataset: dataset name on the hub (or a local directory)
+    path: str | None = input_path()  # text_files: file, directory or glob; hf_dataset: local
+    name: str | None = None  # hf_dataset: dataset name on the Hub
     config_name: str | None = None
     split: str = "train"
     text_column: str = "text"
@@ -77,109 +107,77 @@ class TokenizerConfig:
 
 
 @dataclass
-class ModelConfig:
-    """Encoder shape (Turc et al. presets in conf/model/). The vocabulary size comes from the
-    tokenizer artifact."""
+class ExampleConfig:
+    """How the corpus becomes pretraining examples: the part of `pretrain` that determines the
+    pretrain_data artifact (`PretrainConfig` adds the training keys under the same group)."""
 
-    name: str = "bert_tiny"
-    hidden_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 2
-    intermediate_size: int = 512
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
+    objective: str = "mlm_nsp"  # mlm_nsp (BERT's two objectives) | mlm_only (single segments)
+    max_seq_length: int = 128  # tokens per example, [CLS] and [SEP] included
+    short_seq_prob: float = 0.1  # share of examples with a shorter random target length
+    dupe_factor: int = 2  # passes over the corpus with different NSP pairings
 
     def __post_init__(self) -> None:
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")
-        if self.hidden_size % self.num_attention_heads:
+        check_choice("pretrain.objective", self.objective, ("mlm_nsp", "mlm_only"))
+        if self.max_seq_length < 8:
             raise ConfigError(
-                f"model.hidden_size={self.hidden_size} is not divisible by "
-                f"model.num_attention_heads={self.num_attention_heads}; choose a hidden size "
-                "that is a multiple of the head count"
+                f"pretrain.max_seq_length={self.max_seq_length} is too short for "
+                "[CLS] A [SEP] B [SEP]; use at least 8"
             )
+        check_share("pretrain.short_seq_prob", self.short_seq_prob)
+        if self.dupe_factor < 1:
+            raise ConfigError("pretrain.dupe_factor must be >= 1")
 
 
 @dataclass
-class PretrainConfig:
-    objective: str = "mlm_nsp"  # mlm_nsp | mlm_only
-    mask_rate: float = 0.15
-    max_seq_length: int = 128
-    short_seq_prob: float = 0.1  # share of examples with a shorter random target length
-    dupe_factor: int = 2  # passes over the corpus with different NSP pairings
+class PretrainConfig(ExampleConfig):
+    mask_rate: float = 0.15  # share of tokens that become MLM targets (80/10/10)
     max_steps: int = 600
-    global_batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
+    global_batch_size: int = 32  # examples per optimizer step, whatever the device count
+    lr: float = 2e-3  # peak learning rate; linear warmup, then linear decay to 0
+    weight_decay: float = 0.01  # not on biases and LayerNorm
+    warmup_ratio: float = 0.06  # share of the steps spent warming up
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-6
     gradient_clip_val: float = 1.0
     # > 0: batches of similar length, drawn from shuffled windows of this many batches (less
     # padding: +15-18 % tokens/s for bert_mini on CPU, benchmark). 0: plain shuffled batches.
     length_bucket_window: int = 0
-    # Below: how the run is watched, not what it computes (left out of the artifact hash).
-    val_check_interval: int = 100
-    limit_val_batches: int = 20
-    checkpoint_every_n_steps: int = 100
-    micro_batch_size: int | None = None  # per device and step; None: global / world size
-    num_workers: int = 0
+    val_check_interval: int = watch_only(100)  # steps between validations
+    limit_val_batches: int = watch_only(20)  # validation batches per validation
+    checkpoint_every_n_steps: int = watch_only(100)  # last.ckpt to resume a killed run from
+    micro_batch_size: int | None = watch_only(None)  # per device and step; None: global / world
+    num_workers: int = watch_only(0)  # DataLoader workers (they never change the batches)
 
     def __post_init__(self) -> None:
-        check_choice("pretrain.objective", self.objective, ("mlm_nsp", "mlm_only"))
+        super().__post_init__()
         if not 0.0 < self.mask_rate < 1.0:
             raise ConfigError(
                 f"pretrain.mask_rate={self.mask_rate} must lie strictly between 0 and 1 "
                 "(BERT uses 0.15)"
             )
-        if self.max_seq_length < 8:
-            raise ConfigError(
-                f"pretrain.max_seq_length={self.max_seq_length} is too short for "
-                "[CLS] A [SEP] B [SEP]; use at least 8"
-            )
-        for key in ("max_steps", "global_batch_size", "dupe_factor"):
+        for key in ("max_steps", "global_batch_size", "val_check_interval"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"pretrain.{key} must be >= 1")
+                raise ConfigError(f"pretrain.{key}={getattr(self, key)} must be >= 1")
         if self.length_bucket_window < 0:
             raise ConfigError(
                 f"pretrain.length_bucket_window={self.length_bucket_window} must be >= 0 "
                 "(0: no length bucketing)"
             )
-        if self.lr <= 0:
-            raise ConfigError(f"pretrain.lr={self.lr} must be positive")
-
-
-TASK_NAMES = (
-    "bbc_news",
-    "cola",
-    "sst2",
-    "mrpc",
-    "stsb",
-    "qqp",
-    "mnli",
-    "qnli",
-    "rte",
-    "wnli",
-    "local_files",
-)
+        check_positive("pretrain.lr", self.lr)
+        check_share("pretrain.warmup_ratio", self.warmup_ratio)
 
 
 @dataclass
 class TaskConfig:
     """A GLUE-style fine-tuning task; `name` is set by the chosen `task=` group option."""
 
-    name: str = "bbc_news"
+    name: str = "bbc_news"  # one of bertforge.data.tasks.TASKS (= the files in conf/task/)
     source: str = "local"  # GLUE only: local (task.data_dir) | hub (nyu-mll/glue)
-    data_dir: str | None = None  # GLUE root holding <TASK>/train.tsv and <TASK>/dev.tsv
+    data_dir: str | None = input_path()  # GLUE root holding <TASK>/train.tsv, <TASK>/dev.tsv
     hub_name: str = "nyu-mll/glue"
-    train_file: str | None = None  # local_files: csv / tsv / jsonl / parquet
-    validation_file: str | None = None
-    test_file: str | None = None
+    train_file: str | None = input_path()  # local_files: csv / tsv / jsonl / parquet
+    validation_file: str | None = input_path()
+    test_file: str | None = input_path()
     text_columns: list[str] = field(default_factory=list)  # local_files: one or two columns
     label_column: str = "label"
     task_type: str = "classification"  # local_files: classification | regression
@@ -187,7 +185,9 @@ class TaskConfig:
     max_examples: int | None = None  # cap every split, rows evenly spread (quick runs, tests)
 
     def __post_init__(self) -> None:
-        check_choice("task.name", self.name, TASK_NAMES)
+        from bertforge.data.tasks import TASKS  # the registry defines the task names
+
+        check_choice("task.name", self.name, tuple(TASKS))
         check_choice("task.source", self.source, ("local", "hub"))
         check_choice("task.task_type", self.task_type, ("classification", "regression"))
         if self.name == "local_files" and not (self.train_file and self.validation_file):
@@ -206,26 +206,29 @@ class TaskConfig:
 
 @dataclass
 class FinetuneConfig:
+    """One run per seed; early stopping and the best checkpoint on the task's main validation
+    metric; that checkpoint is evaluated once on the task's test (or, for GLUE, dev) split.
+    For an HF checkpoint such as MiniLM-L6 or BERT-base use lr ~5e-5 and max_epochs ~3."""
+
     init: str = "pretrained"  # pretrained (our pretrain artifact) | hf (finetune.hf_model) | random
-    hf_model: str | None = None  # local directory or hub name of an HF BERT checkpoint
-    seeds: list[int] = field(default_factory=lambda: [42])
+    hf_model: str | None = input_path("hf_model")  # checkpoint directory, or a Hub name online
+    seeds: list[int] | None = None  # one fresh run per seed; None: [the run's seed]
     max_epochs: int = 6
     max_steps: int = -1  # > 0 caps the steps of each seed's run (quick runs, tests)
     global_batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
+    lr: float = 1e-3  # peak learning rate; linear warmup, then linear decay to 0
+    weight_decay: float = 0.01  # not on biases and LayerNorm
+    warmup_ratio: float = 0.1  # share of the steps spent warming up
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     gradient_clip_val: float = 1.0
-    max_seq_length: int = 128
-    early_stopping_patience: int = 2
-    # Below: how the run is watched and what is exported, not what it computes (unhashed).
-    micro_batch_size: int | None = None  # per device and step; None: global / world size
-    num_workers: int = 0
-    sample_predictions: int = 32  # rows of the W&B sample-prediction table
-    checkpoint_every_n_steps: int | None = None  # last.ckpt to resume from; None: every epoch
-    export: bool = True  # write an HF BertForSequenceClassification directory
+    max_seq_length: int = 128  # tokens incl. [CLS]/[SEP]; pairs trim the longer segment first
+    early_stopping_patience: int = 2  # validations without a better score before stopping
+    micro_batch_size: int | None = watch_only(None)  # per device and step; accumulates
+    num_workers: int = watch_only(0)
+    sample_predictions: int = watch_only(32)  # rows of the W&B sample-prediction table
+    checkpoint_every_n_steps: int | None = watch_only(None)  # last.ckpt; None: every epoch
+    export: bool = watch_only(True)  # write an HF BertForSequenceClassification directory
 
     def __post_init__(self) -> None:
         check_choice("finetune.init", self.init, ("pretrained", "hf", "random"))
@@ -233,34 +236,51 @@ class FinetuneConfig:
             raise ConfigError(
                 "finetune.init=hf needs finetune.hf_model=<local dir or hub name of a BERT model>"
             )
-        if not self.seeds:
-            raise ConfigError("finetune.seeds is empty; give at least one seed, e.g. [42]")
-        repeated = sorted({seed for seed in self.seeds if list(self.seeds).count(seed) > 1})
-        if repeated:
-            raise ConfigError(
-                f"finetune.seeds={list(self.seeds)} repeats {', '.join(map(str, repeated))}; "
-                "give each seed once (a repeated seed repeats the same run)"
-            )
+        if self.seeds is not None:
+            check_seeds("finetune.seeds", self.seeds)
         if self.max_epochs < 1 and self.max_steps < 1:
             raise ConfigError("set finetune.max_epochs >= 1 or finetune.max_steps >= 1")
         if self.global_batch_size < 1:
             raise ConfigError("finetune.global_batch_size must be >= 1")
         if self.max_seq_length < 4:
             raise ConfigError(f"finetune.max_seq_length={self.max_seq_length} must be >= 4")
+        check_positive("finetune.lr", self.lr)
+        check_share("finetune.warmup_ratio", self.warmup_ratio)
+
+
+def check_seeds(key: str, seeds: list[int]) -> None:
+    if not seeds:
+        raise ConfigError(f"{key} is empty; give at least one seed, e.g. [42]")
+    for seed in seeds:
+        check_seed(key, seed)
+    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+    if repeated:
+        raise ConfigError(
+            f"{key}={list(seeds)} repeats {', '.join(map(str, repeated))}; give each seed once "
+            "(a repeated seed repeats the same run)"
+        )
+
+
+def check_seed(key: str, seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{key}={seed} is outside 0..{MAX_SEED}; use a 32-bit unsigned seed")
 
 
 @dataclass
 class ExtractConfig:
+    """Embeddings of a task split (or of corpus documents) from the fine-tuned model
+    (source=pretrain: the pretrained one; source=hf + hf_model=<dir>: any HF BERT)."""
+
     source: str = "finetune"  # finetune | pretrain (our artifacts) | hf (extract.hf_model)
-    hf_model: str | None = None
+    hf_model: str | None = input_path("hf_model")
     dataset: str = "task"  # task (a split of `task`) | corpus (documents of `corpus`)
     split: str = "test"
     pooling: str = "cls"  # cls | mean (padding-aware)
-    layers: list[int] = field(default_factory=lambda: [-1])
-    words: list[str] = field(default_factory=list)  # token-level contextual embeddings
+    layers: list[int] = field(default_factory=lambda: [-1])  # 0 = embeddings, -1 = last layer
+    words: list[str] = field(default_factory=lambda: ["bank", "game", "market"])  # a vector each
     max_examples: int | None = None
     max_seq_length: int = 128
-    batch_size: int = 64
+    batch_size: int = watch_only(64)
 
     def __post_init__(self) -> None:
         check_choice("extract.source", self.source, ("finetune", "pretrain", "hf"))
@@ -285,11 +305,14 @@ class ExtractConfig:
 
 @dataclass
 class VisualizeConfig:
+    """t-SNE (openTSNE) and the lecture's comparisons: snapshots after 250/500 updates, the
+    Student-t degrees of freedom (1 = t-SNE, large = SNE-like), and t-SNE | UMAP | PCA."""
+
     method: str = "tsne"  # tsne | umap | pca
-    tsne_backend: str = "opentsne"  # opentsne | sklearn
+    tsne_backend: str = "opentsne"  # opentsne (FFT/Barnes-Hut, multi-threaded) | sklearn
     perplexity: float = 30.0
     learning_rate: float | None = None  # None: openTSNE's / sklearn's "auto" (N / 12)
-    n_iter: int = 750
+    n_iter: int = 750  # all updates, the early-exaggeration phase included
     early_exaggeration: float = 12.0
     early_exaggeration_iter: int = 250
     init: str = "pca"  # pca | random
@@ -302,7 +325,7 @@ class VisualizeConfig:
     layer: int = -1  # which extracted layer to lay out
     knn_k: int = 10
     quality_max_points: int = 5000  # quality numbers on a fixed subsample beyond this
-    n_jobs: int = 2
+    n_jobs: int = watch_only(2)
     attention_sentences: list[str] = field(
         default_factory=lambda: [
             "I like to watch football on the weekend.",
@@ -314,8 +337,7 @@ class VisualizeConfig:
         check_choice("visualize.method", self.method, ("tsne", "umap", "pca"))
         check_choice("visualize.tsne_backend", self.tsne_backend, ("opentsne", "sklearn"))
         check_choice("visualize.init", self.init, ("pca", "random"))
-        if self.perplexity <= 0:
-            raise ConfigError(f"visualize.perplexity={self.perplexity} must be positive")
+        check_positive("visualize.perplexity", self.perplexity)
         if self.dof <= 0:
             raise ConfigError(f"visualize.dof={self.dof} must be positive (1 is t-SNE)")
         if self.knn_k < 1:
@@ -339,31 +361,37 @@ class VisualizeConfig:
                 f"{self.n_iter}; pick update counts within the run"
             )
         if self.tsne_backend == "sklearn":
-            fix = "or use visualize.tsne_backend=opentsne"
-            if self.dof != 1:
-                raise ConfigError(f"sklearn's TSNE has no dof; set visualize.dof=1 {fix}")
-            if self.snapshots:
-                raise ConfigError(
-                    f"sklearn's TSNE gives no snapshots; set visualize.snapshots=[] {fix}"
-                )
-            if self.early_exaggeration_iter != 250:
-                raise ConfigError(
-                    "sklearn's TSNE exaggerates for 250 updates; set "
-                    f"visualize.early_exaggeration_iter=250 {fix}"
-                )
+            self._check_sklearn()
+
+    def _check_sklearn(self) -> None:
+        fix = "or use visualize.tsne_backend=opentsne"
+        if self.dof != 1:
+            raise ConfigError(f"sklearn's TSNE has no dof; set visualize.dof=1 {fix}")
+        if self.snapshots:
+            raise ConfigError(
+                f"sklearn's TSNE gives no snapshots; set visualize.snapshots=[] {fix}"
+            )
+        if self.early_exaggeration_iter != 250:
+            raise ConfigError(
+                "sklearn's TSNE exaggerates for 250 updates; set "
+                f"visualize.early_exaggeration_iter=250 {fix}"
+            )
 
 
 @dataclass
 class TrainerConfig:
-    accelerator: str = "cpu"
-    devices: Any = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
+    """Where and how training runs. Only `precision` changes results (it is hashed); the
+    device count does not: batches are global (`*.global_batch_size`)."""
+
+    accelerator: str = watch_only("cpu")
+    devices: Any = watch_only(1)
+    num_nodes: int = watch_only(1)
+    strategy: str = watch_only("auto")
     precision: str = "32-true"
-    num_threads: int | None = None  # CPU threads per process; 1 for jobs running side by side
-    enable_progress_bar: bool = True
-    progress_refresh_rate: int = 10  # redraw every N steps: drawing every step costs throughput
-    log_every_n_steps: int = 10
+    num_threads: int | None = watch_only(None)  # CPU threads per process; 1 for parallel jobs
+    enable_progress_bar: bool = watch_only(True)
+    progress_refresh_rate: int = watch_only(10)  # redraw every N steps (each redraw costs)
+    log_every_n_steps: int = watch_only(10)
 
     def __post_init__(self) -> None:
         check_choice(
@@ -371,6 +399,10 @@ class TrainerConfig:
             self.precision,
             ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
         )
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(
+                f"trainer.num_threads={self.num_threads} must be >= 1 (or null: torch's default)"
+            )
 
 
 @dataclass
@@ -385,6 +417,10 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
     log_artifacts: bool = True
     init_timeout: float = 30.0  # seconds to wait for the W&B service before going offline
+    # W&B's system-metric sampling and console capture: off, since on 2 CPU cores they halved a
+    # bert_tiny step's throughput (README, "Tracking"); switch on for GPU runs.
+    system_metrics: bool = False
+    console: bool = False
 
     def __post_init__(self) -> None:
         check_choice("logger.backend", self.backend, ("wandb", "csv", "tensorboard", "none"))
@@ -393,45 +429,51 @@ class LoggerConfig:
 
 @dataclass
 class Config:
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    stages: list[str] | None = watch_only(None)  # None: every stage of the graph
     seed: int = 42
-    force: bool = False  # rebuild the selected stages even if a complete artifact exists
-    run_name: str | None = None  # names the pipeline run (W&B group); default: Hydra's run dir
-    optimized_metric: str | None = None  # "<stage>/<metric>" returned to sweepers (Optuna)
-    report_metrics: list[str] = field(  # "<stage>/<metric>" columns of a multirun's report
-        default_factory=lambda: ["pretrain/val_loss_mlm", "finetune/eval_accuracy"]
+    force: bool = watch_only(False)  # rebuild the selected stages even if complete
+    run_name: str | None = watch_only(None)  # the pipeline run (W&B group); default: Hydra's
+    optimized_metric: str | None = watch_only(None)  # "<stage>/<metric>" returned to sweepers
+    report_metrics: list[str] = watch_only(  # "<stage>/<metric>" columns of a sweep report
+        default_factory=lambda: ["pretrain/val_loss_mlm", "finetune/test_accuracy"]
     )
-    paths: PathsConfig = field(default_factory=PathsConfig)
+    paths: PathsConfig = watch_only(default_factory=PathsConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: BertConfig = field(default_factory=BertConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: LoggerConfig = watch_only(default_factory=LoggerConfig)
 
     def __post_init__(self) -> None:
-        for stage in self.stages:
-            check_choice("stages", stage, STAGES)
+        if self.stages is not None and not self.stages:
+            raise ConfigError(
+                "stages=[] leaves nothing to do; name a stage, e.g. stages=[tokenizer]"
+            )
+        check_seed("seed", self.seed)
+        if self.finetune.seeds is None:
+            self.finetune.seeds = [self.seed]
+        self.model.check_length("pretrain.max_seq_length", self.pretrain.max_seq_length)
         if self.optimized_metric:
             self._check_optimized_metric(self.optimized_metric)
-        if self.pretrain.max_seq_length > self.model.max_position_embeddings:
-            raise ConfigError(
-                f"pretrain.max_seq_length={self.pretrain.max_seq_length} exceeds "
-                f"model.max_position_embeddings={self.model.max_position_embeddings}; "
-                "lower the sequence length or raise the position table"
-            )
 
     def _check_optimized_metric(self, name: str) -> None:
-        """`optimized_metric` names a stage's metric that this config's run can produce."""
+        """`optimized_metric` is a validation metric of a stage this run can produce: sweepers
+        select on it, and selecting on a test split would invalidate the test numbers."""
         stage, _, metric = name.partition("/")
-        if stage not in STAGES or not metric:
+        if not metric:
             raise ConfigError(
-                f"optimized_metric={name} is not '<stage>/<metric>' with a stage among "
-                f"{', '.join(STAGES)}; e.g. optimized_metric=finetune/eval_accuracy"
+                f"optimized_metric={name} is not '<stage>/<metric>'; e.g. "
+                "optimized_metric=finetune/val_accuracy"
+            )
+        if metric.startswith("test_"):
+            raise ConfigError(
+                f"optimized_metric={name} selects on the test split; optimise a validation "
+                f"metric instead, e.g. optimized_metric={stage}/val_{metric.removeprefix('test_')}"
             )
         if stage == "pretrain" and "nsp" in metric and self.pretrain.objective == "mlm_only":
             raise ConfigError(
@@ -446,13 +488,16 @@ def register_configs() -> None:
 
 
 def to_config(cfg: DictConfig | Any, schema: type = Config) -> Any:
-    """Convert Hydra's composed DictConfig into the typed `schema` (runs every `__post_init__`)."""
+    """Convert Hydra's composed DictConfig into the typed `schema` (runs every `__post_init__`).
+
+    Hydra's own node is dropped before anything is resolved: it holds interpolations (such as
+    `hydra.job.num`) that only exist inside a running job."""
     if isinstance(cfg, schema):
         return cfg
-    # Hydra's own node is not part of the schema.
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra", None)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), container))
+    resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), resolved))
 
 
 register_configs()

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models
 
-from bertforge.errors import BertforgeError
+from bertforge.errors import BertforgeError, ConfigError
 from bertforge.model import (
     BertConfig,
     BertForPreTraining,
@@ -274,8 +274,8 @@ def bert_config_from_hf_dict(d: dict, source: str = "config.json") -> BertConfig
         "regression" if d.get("problem_type") == "regression" else "classification"
     )
     try:
-        return BertConfig(**kwargs)
-    except ValueError as e:
+        return BertConfig(**kwargs, name=Path(source).parent.name or "bert")
+    except ConfigError as e:
         raise CheckpointError(f"{source}: {str(e).replace('model.', '')}") from None
 
 
@@ -408,3 +408,32 @@ def export_hf(model, cfg: BertConfig, out_dir: str | Path, architecture: str | N
         for k, v in our_state_dict_to_hf(model.state_dict()).items()
     }
     save_file(sd, out_dir / "model.safetensors", metadata={"format": "pt"})
+
+
+HUB_FILES = [  # what a Hub snapshot of a BERT checkpoint needs: config, weights, tokenizer
+    "config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.txt",
+    "special_tokens_map.json", "tokenizer_config.json",
+]  # fmt: skip
+
+
+def resolve_hf_model(name: str, key: str = "finetune.hf_model") -> Path:
+    """A local checkpoint directory, or the snapshot of Hub repo `name` (cached or downloaded);
+    `key` is the setting that named it, for the error message."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise CheckpointError(
+            f"{key}={name} is not a directory; give the local directory of a BERT "
+            "checkpoint (config.json, model.safetensors and tokenizer.json or vocab.txt)"
+        )
+    from huggingface_hub import snapshot_download  # only for Hub names
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception as err:  # offline, unknown repo, no network: each raises its own type
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(
+            f"{key}={name} is not a local directory and cannot be fetched from the Hugging "
+            f"Face Hub ({reason}); download the checkpoint and pass its local directory"
+        ) from None

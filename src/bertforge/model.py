@@ -9,16 +9,26 @@ hs = head size (H // nh), V = vocabulary size, M = number of masked positions.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bertforge.errors import ConfigError
+
+
+def from_upstream(default: object, source: str):
+    """A config field that a run takes from an upstream artifact (`source`), not from the user."""
+    return field(default=default, metadata={"hashed": False, "set_by": source})
+
 
 @dataclass
 class BertConfig:
-    vocab_size: int
+    """The encoder's shape: the `model` config group (Turc et al. presets in conf/model/) and
+    what checkpoints store. Defaults are bert_tiny (L2/H128/A2); bert_base is L12/H768/A12."""
+
+    vocab_size: int | None = from_upstream(None, "the tokenizer (tokenizer.vocab_size)")
     hidden_size: int = 128
     num_hidden_layers: int = 2
     num_attention_heads: int = 2
@@ -29,13 +39,14 @@ class BertConfig:
     attention_probs_dropout_prob: float = 0.1
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
-    pad_token_id: int = 0
-    num_labels: int = 2  # outputs of the sequence head (1 for regression)
-    problem_type: str = "classification"  # "classification" | "regression"
+    pad_token_id: int = from_upstream(0, "the tokenizer ([PAD])")
+    num_labels: int = from_upstream(2, "the task")  # outputs of the sequence head (1: regression)
+    problem_type: str = from_upstream("classification", "the task")  # or "regression"
+    name: str = field(default="bert_tiny", compare=False)  # the preset: titles, run names
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 5:
-            raise ValueError(
+        if self.vocab_size is not None and self.vocab_size < 5:
+            raise ConfigError(
                 f"model.vocab_size={self.vocab_size} is too small; it must be at least 5 "
                 "(the special tokens [PAD] [UNK] [CLS] [SEP] [MASK])"
             )
@@ -49,35 +60,43 @@ class BertConfig:
             "num_labels",
         ):
             if getattr(self, key) <= 0:
-                raise ValueError(f"model.{key}={getattr(self, key)} must be a positive integer")
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be a positive integer")
         if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"model.hidden_size={self.hidden_size} is not divisible by "
                 f"model.num_attention_heads={self.num_attention_heads}; "
                 "choose a hidden size that is a multiple of the head count"
             )
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0.0 <= getattr(self, key) < 1.0:
-                raise ValueError(f"model.{key}={getattr(self, key)} must be in [0, 1)")
-        if self.layer_norm_eps <= 0 or self.initializer_range <= 0:
-            raise ValueError(
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be in [0, 1)")
+        if not (self.layer_norm_eps > 0 and self.initializer_range > 0):
+            raise ConfigError(
                 f"model.layer_norm_eps={self.layer_norm_eps} and "
                 f"model.initializer_range={self.initializer_range} must both be positive"
             )
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(
+        if self.vocab_size is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(
                 f"model.pad_token_id={self.pad_token_id} must be in [0, "
                 f"model.vocab_size={self.vocab_size})"
             )
         if self.problem_type not in ("classification", "regression"):
-            raise ValueError(
+            raise ConfigError(
                 f"model.problem_type={self.problem_type!r} is not supported; "
                 "use 'classification' or 'regression'"
             )
         if self.problem_type == "regression" and self.num_labels != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"model.num_labels={self.num_labels} but model.problem_type='regression' "
                 "needs model.num_labels=1"
+            )
+
+    def check_length(self, key: str, length: int) -> None:
+        """`length` tokens (the setting `key`) fit the position table: the one length check."""
+        if length > self.max_position_embeddings:
+            raise ConfigError(
+                f"{key}={length} exceeds model.max_position_embeddings="
+                f"{self.max_position_embeddings}; lower {key} (or raise the position table)"
             )
 
 
@@ -212,6 +231,8 @@ class BertModel(nn.Module):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
+        if config.vocab_size is None:
+            raise ConfigError("BertConfig.vocab_size is not set; take it from the tokenizer")
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList([Block(config) for _ in range(config.num_hidden_layers)])
@@ -228,11 +249,7 @@ class BertModel(nn.Module):
     ) -> BertOutput:
         """input_ids, token_type_ids, attention_mask: (B, T); the mask is 1 for real tokens."""
         B, T = input_ids.size()
-        if input_ids.size(1) > self.config.max_position_embeddings:
-            raise ValueError(
-                f"sequence length {T} exceeds model.max_position_embeddings="
-                f"{self.config.max_position_embeddings}; truncate the inputs"
-            )
+        self.config.check_length("the input's sequence length", T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)

@@ -15,8 +15,8 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from bertforge.analysis.embed import as_bert, encode_batch, encoder_tokenizer, eval_mode
-from bertforge.errors import DataError
 from bertforge.analysis.figures import save_figure
+from bertforge.errors import DataError
 
 CELL_INCHES = 0.28  # heat-map size per token, so tick labels stay readable
 

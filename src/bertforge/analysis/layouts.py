@@ -23,9 +23,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
+from bertforge.analysis.figures import save_figure
 from bertforge.config import VisualizeConfig, check_choice
 from bertforge.errors import ConfigError, DataError
-from bertforge.analysis.figures import save_figure
 
 log = logging.getLogger(__name__)
 

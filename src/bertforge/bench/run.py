@@ -9,6 +9,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,7 +19,6 @@ from bertforge.bench import data as bdata
 from bertforge.bench import steps as bsteps
 from bertforge.bench.config import BenchmarkConfig, BenchmarkRunConfig, PretrainCase
 from bertforge.bench.report import environment, markdown
-from bertforge.config import Config, ModelConfig
 from bertforge.errors import ConfigError
 from bertforge.model import BertConfig
 
@@ -27,16 +27,12 @@ log = logging.getLogger(__name__)
 
 def model_config(name: str, conf_dir: Path, vocab_size: int, pad_token_id: int) -> BertConfig:
     """The `conf/model/<name>.yaml` preset as a BertConfig for this vocabulary."""
-    from bertforge.stages.pretrain import bert_config_for
-
     path = Path(conf_dir) / "model" / f"{name}.yaml"
     if not path.is_file():
         presets = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"benchmark case model={name}: no {path}; use one of {presets}")
-    model = OmegaConf.to_object(
-        OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
-    )
-    return bert_config_for(Config(model=model), vocab_size, pad_token_id)
+    preset = OmegaConf.merge(OmegaConf.structured(BertConfig), OmegaConf.load(path))
+    return replace(OmegaConf.to_object(preset), vocab_size=vocab_size, pad_token_id=pad_token_id)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -37,6 +37,19 @@ def split_for(doc_id: str) -> str:
     return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
 
 
+def split_texts(documents: Iterable[Document]) -> tuple[list[str], list[str]]:
+    """Training texts and held-out texts (validation/test documents, else the last 5%)."""
+    documents = list(documents)
+    train = [d.text for d in documents if d.split == "train"]
+    held_out = [d.text for d in documents if d.split != "train"]
+    if not train:
+        raise DataError("the corpus has no documents in its training split; add more documents")
+    if not held_out:
+        n = max(1, len(train) // 20)
+        train, held_out = (train[:-n], train[-n:]) if len(train) > n else (train, train)
+    return train, held_out
+
+
 def documents_to_texts(docs: Iterable[Document], split: str | None = None) -> list[str]:
     """The texts of `docs`, optionally only those in `split`."""
     return [doc.text for doc in docs if split is None or doc.split == split]

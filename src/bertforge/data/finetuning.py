@@ -16,7 +16,6 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from torch.utils.data import DataLoader
 
 from bertforge.data.resumable import ResumableLoader
-from bertforge.errors import DataError
 from bertforge.data.tasks import Example, TaskData
 from bertforge.data.tokenizer import (
     CLS,
@@ -28,6 +27,7 @@ from bertforge.data.tokenizer import (
     add_bert_template,
     load_tokenizer,
 )
+from bertforge.errors import DataError
 
 
 def wordpiece_from_vocab(vocab_file: Path, lowercase: bool) -> Tokenizer:

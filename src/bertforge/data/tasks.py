@@ -18,14 +18,16 @@ import math
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchmetrics import MetricCollection
 from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
-from bertforge.config import TaskConfig
 from bertforge.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from bertforge.config import TaskConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,10 @@
-"""What the `pipelines/*.py` entry points share: override checks, error reporting, the summary."""
+"""What the `pipelines/*.py` entry points share: start-up checks, error reporting, the summary.
+
+Every entry point calls `check_overrides()` before `@hydra.main` runs: the command line is
+parsed the way Hydra parses it, composed once (the first value of each sweep) and converted to
+the typed config, so an unknown key, a wrong type or a bad value ends as one line (exit 2)
+before Hydra creates a run directory.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,18 @@ import difflib
 import errno
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from bertforge.config import Config, to_config
+from bertforge.errors import BertforgeError
 from bertforge.pipeline.distributed import (
     end_distributed_job,
     export_submitit_environment,
@@ -21,7 +32,8 @@ from bertforge.pipeline.distributed import (
     launched_externally,
     patch_lightning_hydra_relaunch,
 )
-from bertforge.errors import BertforgeError
+from bertforge.pipeline.report import write_job_record
+from bertforge.pipeline.runs import hydra_job, hydra_run_name, register_resolvers
 
 EXIT_BAD_INPUT = 2
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # the entry points' config_path
@@ -35,24 +47,8 @@ WRITE_ERRNOS = {
     errno.EFBIG: "the file size limit (ulimit -f) was reached; raise it or write less",
 }
 HYDRA_ONLY_GROUPS = ("experiment", "hparams_search")  # conf/ groups that only set other keys
-SUMMARY_METRICS = {
-    "tokenizer": ("vocab_size", "unk_rate", "tokens_per_word", "train_seconds"),
-    "pretrain_data": ("train_examples", "validation_examples", "mean_length"),
-    "pretrain": (
-        "val_loss_mlm", "val_mlm_accuracy", "val_loss_nsp", "val_nsp_accuracy",
-        "train_loss_first", "train_loss_last", "tokens_per_s", "padding_share", "train_seconds",
-    ),
-    "finetune": (
-        "eval_accuracy", "eval_accuracy_std", "eval_f1", "eval_f1_std", "eval_mcc",
-        "eval_mcc_std", "eval_pearson", "eval_pearson_std", "eval_spearman",
-        "eval_accuracy_matched", "eval_accuracy_mismatched", "train_seconds",
-    ),
-    "extract": ("sentences", "hidden_size", "sentences_per_s"),
-    "visualize": (
-        "trustworthiness", "knn_accuracy_2d", "knn_accuracy_hd", "silhouette_2d", "kl_divergence",
-        "umap_knn_accuracy_2d", "pca_knn_accuracy_2d",
-    ),
-}  # fmt: skip
+
+register_resolvers()
 
 
 def fail(message: str) -> None:
@@ -61,7 +57,7 @@ def fail(message: str) -> None:
 
 
 def unknown_key_message(key: str, root: type = Config) -> str | None:
-    """Why `key` (dotted, from a command-line override) is not in the `root` schema, or None."""
+    """Why `key` (dotted, from a command-line override) is not a key the user may set, or None."""
     node: type = root
     parts = key.split(".")
     for depth, part in enumerate(parts):
@@ -73,6 +69,8 @@ def unknown_key_message(key: str, root: type = Config) -> str | None:
             return (
                 f"unknown config key '{key}'{hint}; keys under {where}: {', '.join(sorted(fields))}"
             )
+        if source := fields[part].metadata.get("set_by"):
+            return f"{key} is taken from {source}; remove the override {key}=..."
         field_type = fields[part].default_factory if depth < len(parts) - 1 else None
         if field_type is None or not dataclasses.is_dataclass(field_type):
             return None  # a leaf (or a non-dataclass container): Hydra checks the rest
@@ -94,60 +92,80 @@ def unknown_option_message(group: str, value: str, conf_dir: Path = CONF_DIR) ->
 
 
 def check_overrides(
-    argv: Sequence[str] | None = None, root: type = Config, conf_dir: Path = CONF_DIR
+    argv: Sequence[str] | None = None,
+    root: type = Config,
+    conf_dir: Path = CONF_DIR,
+    config_name: str = "config",
 ) -> None:
-    """Fail fast, listing what is allowed, when a `key=value` override names no config key or
-    no option of a config group."""
-    args = sys.argv[1:] if argv is None else argv
+    """Fail fast, naming what is allowed, when an override names no config key or group
+    option, has the wrong type or a bad value, or `paths.outputs` is not writable."""
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    parser = OverridesParser.create()
+    first_values = []
     for arg in args:
-        if arg.startswith(("-", "+", "~", "hydra.", "hydra/")) or "=" not in arg:
-            continue
-        key, value = arg.split("=", 1)
-        key = key.split("@", 1)[0]
-        if key in HYDRA_ONLY_GROUPS:
-            continue
-        message = unknown_option_message(key, value, conf_dir) or unknown_key_message(key, root)
-        if message:
-            fail(message)
-    check_writable(outputs_dir(args, conf_dir))
+        try:
+            override = parser.parse_override(arg)
+        except HydraException as exc:
+            fail(
+                f"cannot parse the override {arg!r} ({exc}); quote values with spaces as key='a b'"
+            )
+        key = override.key_or_group
+        if not key.startswith("hydra") and key not in HYDRA_ONLY_GROUPS:
+            raw = arg.split("=", 1)[1] if "=" in arg else ""
+            message = unknown_option_message(key, raw, conf_dir) or unknown_key_message(key, root)
+            if message:
+                fail(message)
+        if not override.is_sweep_override():
+            first_values.append(arg)
+        elif override.is_discrete_sweep():
+            value = next(iter(override.sweep_string_iterator()))
+            first_values.append(f"{'+' if override.is_add() else ''}{key}={value}")
+    config = composed_config(first_values, root, conf_dir, config_name)
+    check_writable(Path(config.paths.outputs).expanduser())
 
 
-def outputs_dir(args: Sequence[str], conf_dir: Path = CONF_DIR) -> Path:
-    """`paths.outputs` as the command line (last override) or conf/config.yaml sets it."""
-    overrides = [a.split("=", 1)[1] for a in args if a.startswith("paths.outputs=")]
-    if overrides:
-        return Path(overrides[-1]).expanduser()
-    from omegaconf import OmegaConf
+def composed_config(overrides: list[str], root: type, conf_dir: Path, config_name: str):
+    """The typed config Hydra will compose from `overrides`; a bad one exits with one line."""
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            return to_config(compose(config_name, overrides=overrides), root)
+    except BertforgeError as exc:
+        fail(str(exc))
+    except (HydraException, OmegaConfBaseException) as exc:
+        fail(omegaconf_message(exc))
 
-    return Path(str(OmegaConf.load(conf_dir / "config.yaml").paths.outputs)).expanduser()
+
+def omegaconf_message(exc: BaseException) -> str:
+    """One line from Hydra's / OmegaConf's multi-line composition errors, naming the key."""
+    while exc.__cause__ is not None and not isinstance(exc, OmegaConfBaseException):
+        exc = exc.__cause__
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    key = getattr(exc, "full_key", None)
+    if key:
+        return f"{key}: {first}; give a value of the type the schema declares (lists as [a,b])"
+    return first
 
 
 def check_writable(directory: Path) -> None:
     """Fail with the fix before Hydra creates its run directory in an unwritable place."""
-    import tempfile
-
+    if directory.exists() and not directory.is_dir():
+        fail(
+            f"paths.outputs={directory} is a file, not a directory; set paths.outputs to a "
+            "directory"
+        )
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as exc:
-        fixes = WRITE_ERRNOS | {errno.ENOTDIR: "set paths.outputs to a directory, not a file"}
+        fixes = WRITE_ERRNOS | {
+            errno.ENOTDIR: "set paths.outputs to a directory, not a file",
+            errno.ENOENT: "set paths.outputs to a directory on a real file system",
+            errno.EINVAL: "set paths.outputs to a directory on a real file system",
+        }
         if exc.errno not in fixes:
             raise
         fail(f"paths.outputs={directory} is not writable ({exc.strerror}); {fixes[exc.errno]}")
-
-
-def hydra_run_name() -> str | None:
-    """The Hydra run or sweep directory as a name ("multirun-2026-11-29-12-00-00")."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    directory = Path(hydra_cfg.sweep.dir if multirun else hydra_cfg.runtime.output_dir)
-    return "-".join(("sweep" if multirun else "run", directory.parent.name, directory.name))
 
 
 def objective(config: Config, results) -> float | None:
@@ -159,7 +177,7 @@ def objective(config: Config, results) -> float | None:
     if metric not in metrics.get(stage, {}):
         fail(
             f"optimized_metric={config.optimized_metric} was not produced; "
-            f"{stage} has: {', '.join(sorted(metrics.get(stage, {})))}"
+            f"{stage} has: {', '.join(sorted(metrics.get(stage, {}))) or 'nothing (not run)'}"
         )
     return metrics[stage][metric]
 
@@ -175,7 +193,7 @@ def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None
     try:
         config = to_config(cfg)
         config.run_name = config.run_name or hydra_run_name()
-        from bertforge.pipeline.graph import Pipeline  # heavy imports only once the config is valid
+        from bertforge.pipeline.graph import Pipeline  # Lightning & co. once the config is valid
 
         if config.trainer.num_threads:
             # Oversubscribed cores make OpenMP threads spin: 2 threads per job with 2 jobs on
@@ -186,11 +204,12 @@ def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None
 
         patch_lightning_hydra_relaunch()
         export_submitit_environment()
-        results = Pipeline(config).run(only)
+        overrides, job = hydra_job()
+        results = Pipeline(config, overrides, job).run(only)
     except BertforgeError as exc:
         fail(str(exc))
     except OmegaConfBaseException as exc:
-        fail(str(exc).splitlines()[0])
+        fail(omegaconf_message(exc))
     except OSError as exc:
         if exc.errno not in WRITE_ERRNOS:
             raise
@@ -212,8 +231,6 @@ def record_job(results) -> None:
     """Write `pipeline.json` into the Hydra job directory, for `pipelines/report.py`."""
     from hydra.core.hydra_config import HydraConfig
 
-    from bertforge.pipeline.report import write_job_record
-
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         write_job_record(
@@ -225,20 +242,22 @@ def print_summary(results, outputs: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from bertforge.stages import GRAPH
+
     table = Table(title="bertforge pipeline")
     for column in ("stage", "status", "seconds", "key metrics", "artifact"):
         table.add_column(column, overflow="fold")
     wandb_runs = []
     for r in results:
         metrics = r.artifact.metrics
-        shown = [f"{k}={metrics[k]:.4g}" for k in SUMMARY_METRICS.get(r.stage, ()) if k in metrics]
+        shown = [f"{k}={metrics[k]:.4g}" for k in GRAPH[r.stage].summary if k in metrics]
         status = "reused" if r.artifact.reused else "built"
         table.add_row(r.stage, status, f"{r.seconds:.1f}", "\n".join(shown), str(r.artifact.path))
         wandb_runs += [run for run in r.artifact.manifest.get("wandb_runs", []) if run]
     console = Console(width=160)
     console.print(table)
     if wandb_runs:
-        console.print("W&B runs (offline ones upload with `wandb sync <dir>`):")
+        console.print("W&B runs (upload offline ones with `wandb sync <directory>`):")
         for run in wandb_runs:
             console.print(f"  {run}")
     for r in results:

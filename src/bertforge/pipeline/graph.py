@@ -1,11 +1,11 @@
-"""The stage graph: one method per stage, each resolving its upstream through the artifact store.
+"""The pipeline: resolves each stage through the artifact store, upstream first.
 
-    tokenizer ──► pretrain_data ──► pretrain ──► finetune ──► extract ──► visualize
-        └────────────────────────────┴─────────────┘
-
-Every stage hashes the config slice that determines its result (plus upstream hashes), reuses a
-complete artifact with that hash, or builds it under a lock. Asking for `pretrain` alone builds
-a missing tokenizer first; `force=true` rebuilds only the stages that were asked for.
+A stage's artifact hash covers its settings (every field not marked watch-only; input paths by
+content, see `pipeline/fingerprint.py`) and the hashes of its upstream artifacts. A complete
+artifact with that hash is reused; otherwise the stage builds it under a lock. Asking for
+`pretrain` alone builds a missing tokenizer first; `force=true` rebuilds only the stages that
+were asked for. Before anything builds, every needed stage's inputs are fingerprinted and its
+cheap checks run, so a missing task file fails in the first second, not after pretraining.
 """
 
 from __future__ import annotations
@@ -13,28 +13,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bertforge.config import STAGES, Config
-from bertforge.errors import DataError
-from bertforge.pipeline.store import Artifact, ArtifactStore, BuildContext
+from bertforge.config import Config
+from bertforge.errors import ConfigError
+from bertforge.lit.trainer import checkpoint_run_id
+from bertforge.pipeline.distributed import is_rank_zero
+from bertforge.pipeline.fingerprint import Fingerprints
+from bertforge.pipeline.runs import code_version, default_run_name
+from bertforge.pipeline.stage import BuildContext, Stage, hashed_view
+from bertforge.pipeline.store import Artifact, ArtifactStore, Build, config_hash
 from bertforge.pipeline.tracking import StageLoggers
+from bertforge.stages import GRAPH
 
 log = logging.getLogger(__name__)
-
-# Keys of `pretrain` that change how a run is watched, not what it computes.
-PRETRAIN_UNHASHED = (
-    "val_check_interval", "limit_val_batches", "checkpoint_every_n_steps", "micro_batch_size",
-    "num_workers",
-)  # fmt: skip
-DISTRIBUTED_STAGES = ("pretrain", "finetune")  # their builders train with every rank
-VISUALIZE_UNHASHED = ("n_jobs",)
-FINETUNE_UNHASHED = (
-    "micro_batch_size", "num_workers", "sample_predictions", "export", "checkpoint_every_n_steps",
-)  # fmt: skip
-PRETRAIN_DATA_KEYS = ("objective", "max_seq_length", "short_seq_prob", "dupe_factor")
 
 
 @dataclass(frozen=True)
@@ -44,209 +37,184 @@ class StageResult:
     seconds: float
 
 
-def default_run_name() -> str:
-    return datetime.now().strftime("run-%Y%m%d-%H%M%S")
-
-
 class Pipeline:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(
+        self, cfg: Config, overrides: list[str] = (), job: str = "", graph: dict = GRAPH
+    ) -> None:
+        """`overrides`: the command line's, for W&B tags; `job`: this job's label inside a
+        sweep ("job3"), so that run names stay unique in the sweep's group."""
         self.cfg = cfg
+        self.graph: dict[str, Stage] = graph
         self.outputs = Path(cfg.paths.outputs)
         self.store = ArtifactStore(self.outputs / "artifacts")
+        self.fingerprints = Fingerprints(self.outputs / "cache" / "fingerprints.sqlite")
         self.group = cfg.logger.group or cfg.run_name or default_run_name()
+        self.overrides, self.job = list(overrides), job
         self.results: dict[str, StageResult] = {}
         self.forced: set[str] = set()  # with force=true: the stages asked for, not upstream
+        self._settings: dict[str, Any] = {}
+        self._hashed: dict[str, dict] = {}
+        self._inputs: dict[str, dict] = {}
+
+    # -- what a run needs ---------------------------------------------------------------------
+
+    def wanted(self, stages: list[str] | None = None) -> list[str]:
+        """The stages asked for (default `cfg.stages`, else every stage), in graph order."""
+        asked = stages or self.cfg.stages or list(self.graph)
+        unknown = [name for name in asked if name not in self.graph]
+        if unknown:
+            raise ConfigError(
+                f"stages={list(asked)} names {', '.join(unknown)}, not a stage; choose from "
+                f"{', '.join(self.graph)}"
+            )
+        return [name for name in self.graph if name in asked]
+
+    def needed(self, names: list[str]) -> list[str]:
+        """`names` and everything upstream of them, in graph order."""
+        found: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name not in found:
+                found.add(name)
+                for up in self.graph[name].upstream(self.settings(name)):
+                    visit(up)
+
+        for name in names:
+            visit(name)
+        return [name for name in self.graph if name in found]
+
+    def settings(self, name: str) -> Any:
+        if name not in self._settings:
+            self._settings[name] = self.graph[name].settings_of(self.cfg)
+        return self._settings[name]
+
+    def hashed(self, name: str) -> dict:
+        """What determines stage `name`'s result (its artifact hash, before upstream hashes)."""
+        if name not in self._hashed:
+            inputs: dict[str, dict] = {}
+
+            def fingerprint(key: str, value: str, kind: str) -> dict:
+                inputs[key] = {"path": str(value), **self.fingerprints.of(key, value, kind)}
+                return {k: v for k, v in inputs[key].items() if k != "path"}
+
+            self._hashed[name] = hashed_view(self.settings(name), fingerprint)
+            self._inputs[name] = inputs
+        return self._hashed[name]
+
+    def check(self, names: list[str]) -> None:
+        """Fail before any build: fingerprint every needed stage's inputs (a missing file is a
+        one-line error) and run the stages' cheap checks."""
+        for name in self.needed(names):
+            self.hashed(name)
+            if self.graph[name].check is not None:
+                self.graph[name].check(self.settings(name))
+
+    # -- running --------------------------------------------------------------------------------
 
     def run(self, stages: list[str] | None = None) -> list[StageResult]:
-        """Run the requested stages (default: `cfg.stages`) in graph order."""
-        wanted = stages or self.cfg.stages
+        """Build or reuse the requested stages (and what they need) in graph order."""
+        wanted = self.wanted(stages)
         self.forced = set(wanted) if self.cfg.force else set()
-        for stage in STAGES:
-            if stage in wanted:
-                getattr(self, stage)()
-        return [self.results[s] for s in self.results if s in wanted]
+        self.check(wanted)
+        for name in wanted:
+            self.artifact(name)
+        return [self.results[name] for name in wanted]
 
-    # -- plumbing ---------------------------------------------------------------------------
-
-    def _build(self, stage: str, config: dict, upstream: dict[str, Artifact], builder) -> Artifact:
-        if stage in self.results:
-            return self.results[stage].artifact
+    def artifact(self, name: str) -> Artifact:
+        """Stage `name`'s complete artifact: reused, or built after its upstream."""
+        if name in self.results:
+            return self.results[name].artifact
+        stage, settings = self.graph[name], self.settings(name)
+        upstream = {up: self.artifact(up) for up in stage.upstream(settings)}
+        config = self.hashed(name)
         started = time.perf_counter()
+
+        def builder(build: Build) -> dict[str, float]:
+            build.extra["inputs"] = self._inputs[name]
+            ctx = BuildContext(
+                name, build.hash, build.path, settings, upstream, self._open_loggers, build.extra
+            )
+            return dict(stage.build(ctx))
+
         artifact = self.store.build(
-            stage,
+            name,
             config,
             upstream,
             builder,
-            force=stage in self.forced,
-            distributed=stage in DISTRIBUTED_STAGES,
+            force=name in self.forced,
+            distributed=stage.distributed,
         )
-        self.results[stage] = StageResult(stage, artifact, time.perf_counter() - started)
+        self.results[name] = StageResult(name, artifact, time.perf_counter() - started)
+        if artifact.reused:
+            self._record_reuse(artifact, upstream)
         return artifact
 
-    def _loggers(
-        self, ctx: BuildContext, config: dict[str, Any], suffix: str = "", resume_from=None
-    ) -> StageLoggers:
-        """Loggers for a run of this stage; `resume_from`: the training directory whose last
-        checkpoint names the W&B run to continue (an interrupted build resuming)."""
-        from bertforge.lit.trainer import checkpoint_run_id
+    def artifact_hash(self, name: str) -> str:
+        """The hash of stage `name`'s artifact (its upstream resolved first), built or not."""
+        upstream = self.graph[name].upstream(self.settings(name))
+        return config_hash(self.hashed(name), {up: self.artifact(up).hash for up in upstream})
 
+    # -- tracking -------------------------------------------------------------------------------
+
+    def lineage(self, name: str) -> list[str]:
+        """`name` and every stage upstream of it, in graph order."""
+        return self.needed([name])
+
+    def run_config(self, name: str) -> dict[str, Any]:
+        """What a W&B run of stage `name` records: the resolved settings of every stage that
+        determines its result, the artifact hashes, the command line and the code version."""
+        config: dict[str, Any] = {}
+        for stage in self.lineage(name):
+            _merge(config, asdict(self.settings(stage)))
+        hashes = {s: self.results[s].artifact.hash for s in self.lineage(name) if s in self.results}
+        return config | {
+            "artifacts": {s: f"{s}-{h}" for s, h in hashes.items()},
+            "overrides": self.overrides,
+            "code": code_version(),
+            "job": self.job,
+        }
+
+    def _open_loggers(
+        self, ctx: BuildContext, suffix: str = "", resume_from: Path | None = None, **extra
+    ) -> StageLoggers:
+        config = self.run_config(ctx.stage) | {"stage_hash": ctx.hash, **extra}
+        config["artifacts"][ctx.stage] = f"{ctx.stage}-{ctx.hash}"
         loggers = StageLoggers(
             self.cfg.logger,
             stage=ctx.stage,
             group=self.group,
+            name="-".join(part for part in (self.job, ctx.stage, suffix) if part),
             artifact_dir=ctx.path,
             outputs=self.outputs,
-            config={"stage_hash": ctx.hash, "seed": self.cfg.seed, **config},
+            config=config,
+            tags=self.overrides,
             run_suffix=suffix,
             resume_id=checkpoint_run_id(resume_from) if resume_from else None,
+            uses=[f"{a.stage}-{a.hash}" for a in ctx.upstream.values()],
         )
         ctx.extra.setdefault("wandb_runs", []).append(loggers.wandb_run_path)
         return loggers
 
-    # -- stages -----------------------------------------------------------------------------
+    def _record_reuse(self, artifact: Artifact, upstream: dict[str, Artifact]) -> None:
+        """A short W&B run (job_type = the stage, reused=true) with the reused artifact's
+        metrics, so that every arm of a sweep is in its group even when nothing was built."""
+        if self.cfg.logger.backend != "wandb" or not is_rank_zero():
+            return
+        ctx = BuildContext(
+            artifact.stage, artifact.hash, artifact.path, self.settings(artifact.stage),
+            upstream, self._open_loggers, {},
+        )  # fmt: skip
+        with self._open_loggers(
+            ctx, "reused", reused=True, artifact_path=str(artifact.path)
+        ) as run:
+            run.log_summary({f"{artifact.stage}/{k}": v for k, v in artifact.metrics.items()})
+            run.use_artifact(f"{artifact.stage}-{artifact.hash}")
 
-    def tokenizer(self) -> Artifact:
-        config = {"corpus": asdict(self.cfg.corpus), "tokenizer": asdict(self.cfg.tokenizer)}
-        return self._build("tokenizer", config, {}, lambda ctx: self._train_tokenizer(ctx, config))
 
-    def _train_tokenizer(self, ctx: BuildContext, config: dict) -> dict[str, float]:
-        from bertforge.data.corpus import load_documents
-        from bertforge.data.tokenizer import save_tokenizer, tokenizer_metrics, train_tokenizer
-
-        train, held_out = split_texts(load_documents(self.cfg.corpus))
-        with self._loggers(ctx, config) as loggers:
-            started = time.perf_counter()
-            tokenizer = train_tokenizer(train, self.cfg.tokenizer)
-            seconds = time.perf_counter() - started
-            save_tokenizer(tokenizer, ctx.path)
-            metrics = tokenizer_metrics(tokenizer, held_out) | {
-                "train_seconds": seconds,
-                "train_documents": len(train),
-                "train_megabytes": sum(len(t.encode()) for t in train) / 1e6,
-            }
-            loggers.log_metrics({f"tokenizer/{k}": v for k, v in metrics.items()})
-            loggers.log_artifact(ctx.path, f"tokenizer-{ctx.hash}", "tokenizer")
-        return metrics
-
-    def pretrain_data(self) -> Artifact:
-        tokenizer = self.tokenizer()
-        config = {
-            "corpus": asdict(self.cfg.corpus),
-            "seed": self.cfg.seed,
-            **{key: getattr(self.cfg.pretrain, key) for key in PRETRAIN_DATA_KEYS},
-        }
-        return self._build(
-            "pretrain_data",
-            config,
-            {"tokenizer": tokenizer},
-            lambda ctx: self._build_pretrain_data(ctx, tokenizer),
-        )
-
-    def _build_pretrain_data(self, ctx: BuildContext, tokenizer_artifact: Artifact) -> dict:
-        from bertforge.data.corpus import load_documents
-        from bertforge.data.pretraining import write_pretraining_examples
-
-        return write_pretraining_examples(
-            load_documents(self.cfg.corpus),
-            tokenizer_dir=tokenizer_artifact.path,
-            out_dir=ctx.path,
-            cfg=self.cfg.pretrain,
-            seed=self.cfg.seed,
-        )
-
-    def pretrain(self) -> Artifact:
-        tokenizer = self.tokenizer()
-        data = self.pretrain_data()
-        pretrain = {
-            k: v for k, v in asdict(self.cfg.pretrain).items() if k not in PRETRAIN_UNHASHED
-        }
-        config = {
-            "model": asdict(self.cfg.model),
-            "pretrain": pretrain,
-            "precision": self.cfg.trainer.precision,
-            "seed": self.cfg.seed,
-        }
-        return self._build(
-            "pretrain",
-            config,
-            {"tokenizer": tokenizer, "pretrain_data": data},
-            lambda ctx: self._pretrain(ctx, config),
-        )
-
-    def _pretrain(self, ctx: BuildContext, config: dict) -> dict[str, float]:
-        from bertforge.stages.pretrain import run_pretraining
-
-        with self._loggers(ctx, config, resume_from=ctx.path) as loggers:
-            return run_pretraining(self.cfg, ctx, loggers)
-
-    def finetune(self) -> Artifact:
-        from bertforge.stages.finetune import run_finetuning
-
-        f = self.cfg.finetune
-        finetune = {k: v for k, v in asdict(f).items() if k not in FINETUNE_UNHASHED}
-        config = {
-            "task": asdict(self.cfg.task),
-            "finetune": finetune,
-            "precision": self.cfg.trainer.precision,
-        }
-        upstream: dict[str, Artifact] = {}
-        if f.init == "pretrained":
-            upstream = {"tokenizer": self.tokenizer(), "pretrain": self.pretrain()}
-        elif f.init == "random":
-            upstream = {"tokenizer": self.tokenizer()}
-            config["model"] = asdict(self.cfg.model)
-        return self._build(
-            "finetune",
-            config,
-            upstream,
-            lambda ctx: run_finetuning(
-                self.cfg, ctx, lambda suffix, work_dir: self._loggers(ctx, config, suffix, work_dir)
-            ),
-        )
-
-    def _encoder_upstream(self) -> dict[str, Artifact]:
-        """The artifacts holding the model that `extract.source` names."""
-        source = self.cfg.extract.source
-        if source == "finetune":
-            return {"finetune": self.finetune()}
-        if source == "pretrain":
-            return {"tokenizer": self.tokenizer(), "pretrain": self.pretrain()}
-        return {}
-
-    def extract(self) -> Artifact:
-        from bertforge.stages.extract import run_extraction
-
-        e = self.cfg.extract
-        config: dict[str, Any] = {"extract": asdict(e)}
-        if e.dataset == "task":
-            config["task"] = asdict(self.cfg.task)
+def _merge(into: dict, new: dict) -> None:
+    """Deep-merge `new` into `into` (a stage reading part of a group adds to the whole)."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
         else:
-            config["corpus"] = asdict(self.cfg.corpus)
-        return self._build(
-            "extract", config, self._encoder_upstream(), lambda ctx: run_extraction(self.cfg, ctx)
-        )
-
-    def visualize(self) -> Artifact:
-        from bertforge.stages.visualize import run_visualization
-
-        v = {k: x for k, x in asdict(self.cfg.visualize).items() if k not in VISUALIZE_UNHASHED}
-        config = {"visualize": v, "seed": self.cfg.seed}
-        upstream = {"extract": self.extract(), **self._encoder_upstream()}
-
-        def build(ctx: BuildContext) -> dict[str, float]:
-            with self._loggers(ctx, config) as loggers:
-                return run_visualization(self.cfg, ctx, loggers)
-
-        return self._build("visualize", config, upstream, build)
-
-
-def split_texts(documents) -> tuple[list[str], list[str]]:
-    """Training texts and held-out texts (validation/test documents, else the last 5%)."""
-    train = [d.text for d in documents if d.split == "train"]
-    held_out = [d.text for d in documents if d.split != "train"]
-    if not train:
-        raise DataError("the corpus has no documents in its training split; add more documents")
-    if not held_out:
-        n = max(1, len(train) // 20)
-        train, held_out = (train[:-n], train[-n:]) if len(train) > n else (train, train)
-    return train, held_out
+            into[key] = value

@@ -171,8 +171,8 @@ class ReportCallback(Callback):
         self.metrics = list(metrics or [])
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
-        from bertforge.pipeline.cli import hydra_run_name
         from bertforge.config import to_config
+        from bertforge.pipeline.runs import hydra_run_name
 
         sweep_dir = Path(config.hydra.sweep.dir)
         metrics = self.metrics or list(config.get("report_metrics") or [])

@@ -15,10 +15,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import platform
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +27,10 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from bertforge.errors import DataError
+from bertforge.files import write_json_atomic
 from bertforge.pipeline.distributed import global_rank, is_rank_zero
+from bertforge.pipeline.runs import code_version
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,12 @@ class Artifact:
 
 
 @dataclass
-class BuildContext:
-    """Handed to a stage's builder: where to write, and extra manifest fields to record."""
+class Build:
+    """A build in progress, handed to the builder: where to write, and extra manifest fields."""
 
     stage: str
     hash: str
     path: Path
-    upstream: dict[str, Artifact]
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"wandb_runs": [...]}
 
 
@@ -73,41 +73,12 @@ def config_hash(config: Mapping[str, Any], upstream: Mapping[str, str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:HASH_LENGTH]
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that readers see either nothing or the whole file (temp, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
     return versions
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 class ArtifactStore:
@@ -122,10 +93,12 @@ class ArtifactStore:
         path = self.path_for(stage, hash_)
         try:
             manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        except json.JSONDecodeError:
-            log.warning("ignoring %s: its manifest is unreadable; it will be rebuilt", path)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            manifest = None
+        if not isinstance(manifest, dict) or manifest.get("hash") != hash_:
+            log.warning("ignoring %s: its manifest is damaged; it will be rebuilt", path)
             return None
         return Artifact(stage, hash_, path, manifest, reused=True)
 
@@ -134,14 +107,14 @@ class ArtifactStore:
         stage: str,
         config: Mapping[str, Any],
         upstream: Mapping[str, Artifact],
-        builder: Callable[[BuildContext], Mapping[str, float]],
+        builder: Callable[[Build], Mapping[str, float]],
         force: bool = False,
         lock_timeout: float = -1,
         distributed: bool = False,
     ) -> Artifact:
         """Reuse the complete artifact for this config, or build it under a lock.
 
-        `builder(ctx)` writes its files into `ctx.path` and returns flat numeric metrics; the
+        `builder(build)` writes its files into `build.path` and returns flat numeric metrics; the
         manifest is written after it returns. Concurrent callers with the same hash wait on the
         lock and then reuse what the first one built.
 
@@ -158,7 +131,7 @@ class ArtifactStore:
             return self._follow_rank_zero(stage, hash_, upstream, builder, distributed)
 
         lock_dir = self.root / stage / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
+        self._make_dir(lock_dir)
         lock = FileLock(lock_dir / f"{hash_}.lock", timeout=lock_timeout)
         with self._locked(lock, stage, hash_):
             if not force and (found := self.lookup(stage, hash_)):
@@ -167,11 +140,11 @@ class ArtifactStore:
             path = self.path_for(stage, hash_)
             if force:  # start over; otherwise an interrupted build's files (last.ckpt) are kept
                 shutil.rmtree(path, ignore_errors=True)
-            path.mkdir(parents=True, exist_ok=True)
-            ctx = BuildContext(stage, hash_, path, dict(upstream))
+            self._make_dir(path)
+            build = Build(stage, hash_, path)
             log.info("building %s artifact %s in %s", stage, hash_, path)
             started = time.perf_counter()
-            metrics = dict(builder(ctx))
+            metrics = dict(builder(build))
             manifest = {
                 "stage": stage,
                 "hash": hash_,
@@ -181,11 +154,22 @@ class ArtifactStore:
                 "seconds": round(time.perf_counter() - started, 3),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "versions": package_versions(),
-                "git_commit": git_commit(),
-                **ctx.extra,
+                "code": code_version(),
+                **build.extra,
             }
             write_json_atomic(path / MANIFEST, manifest)
         return Artifact(stage, hash_, path, manifest, reused=False)
+
+    def _make_dir(self, path: Path) -> None:
+        """mkdir -p, with a one-line error when a file stands where a directory must be."""
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            blocker = next(p for p in (path, *path.parents) if p.exists() and not p.is_dir())
+            raise DataError(
+                f"{blocker} is a file where the artifact store needs a directory; move or "
+                "delete it (or set paths.outputs to another directory)"
+            ) from None
 
     @staticmethod
     @contextlib.contextmanager
@@ -206,7 +190,7 @@ class ArtifactStore:
         path = self.path_for(stage, hash_)
         if distributed:
             path.mkdir(parents=True, exist_ok=True)
-            builder(BuildContext(stage, hash_, path, dict(upstream)))
+            builder(Build(stage, hash_, path))
             return Artifact(stage, hash_, path, {"metrics": {}}, reused=False)
         log.info("rank %d waits for rank 0 to build %s %s", global_rank(), stage, hash_)
         while (found := self.lookup(stage, hash_)) is None:

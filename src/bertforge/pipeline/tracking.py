@@ -23,8 +23,10 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from bertforge.config import LoggerConfig
+from bertforge.pipeline.distributed import is_rank_zero
 
 log = logging.getLogger(__name__)
+WANDB_TAG_LENGTH = 64  # W&B rejects longer tags
 
 
 def wandb_api_key_present() -> bool:
@@ -132,19 +134,24 @@ class StageLoggers:
         *,
         stage: str,
         group: str,
+        name: str,
         artifact_dir: Path,
         outputs: Path,
         config: dict[str, Any],
+        tags: list[str] = (),
         run_suffix: str = "",
         resume_id: str | None = None,
+        uses: list[str] = (),
     ) -> None:
         """`run_suffix` tells apart several runs of one stage execution (e.g. "seed42"): each
-        gets its own W&B run `<group>-<stage>-<suffix>` and CSV directory `logs/<suffix>`.
-        `resume_id` continues that W&B run (an interrupted build resuming from its checkpoint);
-        the CSV file is appended to."""
+        gets its own W&B run and CSV directory `logs/<suffix>`. `resume_id` continues that W&B
+        run (an interrupted build resuming from its checkpoint); the CSV file is appended to.
+        `uses`: the W&B artifact names of the upstream artifacts (lineage, online only; offline
+        they are in the config under `artifacts`). `tags`: the command-line overrides."""
         self.cfg = cfg
         self.stage = stage
-        self.name = f"{group}-{stage}" + (f"-{run_suffix}" if run_suffix else "")
+        self.name = name
+        self.uses = list(uses)
         self.loggers: list[Logger] = [
             AppendingCSVLogger(save_dir=artifact_dir, name="logs", version=run_suffix)
         ]
@@ -154,14 +161,21 @@ class StageLoggers:
                 TensorBoardLogger(save_dir=artifact_dir, name="tensorboard", version=run_suffix)
             )
         elif cfg.backend == "wandb":
-            self.wandb = self._start_wandb(group, outputs, config, resume_id)
+            tags = [*cfg.tags, stage, *(t[:WANDB_TAG_LENGTH] for t in tags)]
+            self.wandb = self._start_wandb(group, outputs, config, tags, resume_id)
             if self.wandb is not None:
                 self.loggers.append(self.wandb)
+                self._link_upstream()
         for logger in self.loggers:
             logger.log_hyperparams(config)
 
     def _start_wandb(
-        self, group: str, outputs: Path, config: dict[str, Any], resume_id: str | None
+        self,
+        group: str,
+        outputs: Path,
+        config: dict[str, Any],
+        tags: list[str],
+        resume_id: str | None,
     ) -> WandbLogger | None:
         import wandb
 
@@ -172,14 +186,17 @@ class StageLoggers:
             group=group,
             job_type=self.stage,
             name=self.name,
-            tags=[*self.cfg.tags, self.stage],
+            tags=list(dict.fromkeys(tags)),
             save_dir=str(outputs),
             config=config,
             **({"id": resume_id, "resume": "allow"} if resume_id else {}),
-            # Console capture and system-metric sampling cost up to half the throughput of a small
-            # model on 2 cores (measured); metrics, config, media and artifacts are unaffected.
+            # Console capture and system-metric sampling cost up to half the throughput of a
+            # small model on 2 cores (measured): opt-in with logger.console / system_metrics.
             settings=wandb.Settings(
-                init_timeout=self.cfg.init_timeout, silent=True, console="off", x_disable_stats=True
+                init_timeout=self.cfg.init_timeout,
+                silent=True,
+                console="auto" if self.cfg.console else "off",
+                x_disable_stats=not self.cfg.system_metrics,
             ),
         )
         mode = resolve_wandb_mode(self.cfg)
@@ -198,16 +215,34 @@ class StageLoggers:
             warnings.warn(f"W&B could not start ({reason}); CSV metrics only", stacklevel=2)
             return None
 
+    def _link_upstream(self) -> None:
+        """W&B lineage: the upstream artifacts this run reads. Offline runs cannot use
+        artifacts (wandb raises); their config's `artifacts` names them instead."""
+        for name in self.uses:
+            self.use_artifact(name)
+
     @property
     def csv_path(self) -> Path:
         return Path(self.loggers[0].log_dir) / "metrics.csv"
 
     @property
     def wandb_run_path(self) -> str | None:
-        if self.wandb is None:
+        """Online: entity/project/run id. Offline: the `offline-run-*` directory, which is
+        what `wandb sync` takes (not its `files/` subdirectory)."""
+        if self.wandb is None or not is_rank_zero():  # other ranks hold a dummy experiment
             return None
         run = self.wandb.experiment
-        return f"{run.dir}" if run.offline else run.path
+        return str(Path(run.dir).parent) if run.offline else run.path
+
+    def log_hyperparams(self, params: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.log_hyperparams(params)
+
+    def log_summary(self, metrics: dict[str, float]) -> None:
+        """Final numbers: the W&B run summary (not a history step) and a CSV row."""
+        if self.wandb is not None:
+            self.wandb.experiment.summary.update(metrics)
+        self.loggers[0].log_metrics(metrics, step=0)
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         for logger in self.loggers:
@@ -221,21 +256,35 @@ class StageLoggers:
         if self.wandb is not None:
             self.wandb.log_table(key=key, columns=columns, data=data)
 
-    def log_artifact(self, directory: Path, name: str, kind: str, uses: list[str] = ()) -> None:
-        """Upload a directory as a W&B artifact; `uses` names upstream artifacts (lineage)."""
+    def log_confusion_matrix(
+        self, key: str, gold: list[int], predicted: list[int], names: list[str]
+    ) -> None:
+        """W&B's interactive confusion matrix (beside the PNG of the artifact)."""
+        if self.wandb is not None:
+            import wandb
+
+            plot = wandb.plot.confusion_matrix(y_true=gold, preds=predicted, class_names=names)
+            self.wandb.experiment.log({key: plot})
+
+    def use_artifact(self, name: str) -> None:
+        """Link W&B artifact `name` (its latest version) as an input of this run; online only."""
+        run = self.wandb.experiment if self.wandb is not None else None
+        if run is None or run.offline:
+            return
+        try:
+            run.use_artifact(f"{name}:latest")
+        except Exception as exc:  # not logged yet (log_artifacts=false upstream), or offline
+            log.debug("could not link upstream artifact %s: %s", name, exc)
+
+    def log_artifact(self, directory: Path, name: str, kind: str) -> None:
+        """Log a directory as W&B artifact `name` (`<stage>-<hash>`, the names `uses` refers to)."""
         if self.wandb is None or not self.cfg.log_artifacts:
             return
         import wandb
 
-        run = self.wandb.experiment
-        for upstream in uses:
-            try:
-                run.use_artifact(upstream)
-            except Exception as exc:
-                log.debug("could not link upstream artifact %s: %s", upstream, exc)
         artifact = wandb.Artifact(name=name, type=kind)
         artifact.add_dir(str(directory))
-        run.log_artifact(artifact)
+        self.wandb.experiment.log_artifact(artifact)
 
     def __enter__(self) -> StageLoggers:
         return self

@@ -1,0 +1,20 @@
+"""The stage graph, in build order. A stage is one module here (its settings, its builder,
+its upstream) plus its config group; adding one is one more line below.
+
+    tokenizer ──► pretrain_data ──► pretrain ──► finetune ──► extract ──► visualize
+        └──────────────────────────────┴─────────────┘ (random init)
+"""
+
+from bertforge.stages import extract, finetune, pretrain, pretrain_data, tokenizer, visualize
+
+GRAPH = {
+    stage.name: stage
+    for stage in (
+        tokenizer.STAGE,
+        pretrain_data.STAGE,
+        pretrain.STAGE,
+        finetune.STAGE,
+        extract.STAGE,
+        visualize.STAGE,
+    )
+}

@@ -1,74 +1,44 @@
-"""The extract stage's work: pick the model and the texts, then stream embeddings to disk."""
+"""Stage `extract`: embeddings of a task split or of corpus documents, streamed to disk: one
+vector per text per layer, and one per occurrence of each of `extract.words`."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
-from torch import nn
-
-from bertforge.config import Config
-from bertforge.analysis.embed import as_bert, extract_sentence_embeddings, extract_word_embeddings
+from bertforge.analysis.embed import extract_sentence_embeddings, extract_word_embeddings
+from bertforge.artifacts import SENTENCES, WORDS, encoder_of, encoder_record, hf_encoder
+from bertforge.config import CorpusConfig, ExtractConfig, TaskConfig
+from bertforge.data.corpus import load_documents
+from bertforge.data.tasks import load_task, spread
 from bertforge.errors import DataError
-from bertforge.pipeline.store import BuildContext
+from bertforge.pipeline.stage import BuildContext, Stage
 
 log = logging.getLogger(__name__)
 
-SENTENCES = "sentences"  # sub-directories of the extract artifact
-WORDS = "words"
-
 
 @dataclass
-class Encoder:
-    bert: nn.Module
-    tokenizer: Tokenizer
-    name: str  # for figure titles, e.g. "bert_tiny fine-tuned on bbc_news"
-    trained_length: int | None = None  # positions beyond this were never trained
+class Settings:
+    extract: ExtractConfig
+    task: TaskConfig | None  # extract.dataset=task
+    corpus: CorpusConfig | None  # extract.dataset=corpus
 
 
-def load_encoder(cfg: Config, upstream: dict) -> Encoder:
-    """The encoder `extract.source` names: our fine-tuned or pretrained model, or an HF one."""
-    from bertforge.data.tokenizer import load_tokenizer
-
-    source = cfg.extract.source
-    if source == "finetune":
-        from bertforge.stages.finetune import load_finetuned
-
-        path = upstream["finetune"].path
-        model, _, _ = load_finetuned(path)
-        name = f"{cfg.finetune.init} {model_name(cfg)} fine-tuned on {cfg.task.name}"
-        trained = None if cfg.finetune.init == "hf" else cfg.pretrain.max_seq_length
-        return Encoder(as_bert(model), load_tokenizer(path), name, trained)
-    if source == "pretrain":
-        from bertforge.stages.pretrain import load_pretrained
-
-        model, _ = load_pretrained(upstream["pretrain"].path)
-        tokenizer = load_tokenizer(upstream["tokenizer"].path)
-        name = f"pretrained {cfg.model.name}"
-        return Encoder(as_bert(model), tokenizer, name, cfg.pretrain.max_seq_length)
-    from bertforge.data.finetuning import load_checkpoint_tokenizer
-    from bertforge.stages.finetune import resolve_hf_model
-    from bertforge.hf import load_hf_checkpoint
-
-    directory = resolve_hf_model(cfg.extract.hf_model)
-    model, _ = load_hf_checkpoint(directory, target="base")
-    return Encoder(model, load_checkpoint_tokenizer(directory), Path(str(directory)).name)
+def select(cfg) -> Settings:
+    task = cfg.extract.dataset == "task"
+    return Settings(cfg.extract, cfg.task if task else None, None if task else cfg.corpus)
 
 
-def model_name(cfg: Config) -> str:
-    return Path(cfg.finetune.hf_model).name if cfg.finetune.init == "hf" else cfg.model.name
+def upstream(s: Settings) -> tuple[str, ...]:
+    return () if s.extract.source == "hf" else (s.extract.source,)
 
 
-def texts_to_embed(cfg: Config) -> tuple[list[str], list[str] | None, list[dict[str, Any]]]:
+def texts_to_embed(s: Settings) -> tuple[list[str], list[str] | None, list[dict[str, Any]]]:
     """(texts, second segments or None, metadata rows with label and split)."""
-    e = cfg.extract
-    if e.dataset == "task":
-        from bertforge.data.tasks import load_task, spread
-
-        task = load_task(cfg.task)
+    e = s.extract
+    if s.task is not None:
+        task = load_task(s.task)
         if e.split not in task.splits:
             raise DataError(
                 f"extract.split={e.split} is not a split of task {task.name}; "
@@ -82,24 +52,27 @@ def texts_to_embed(cfg: Config) -> tuple[list[str], list[str] | None, list[dict[
         labels = [names[x.label] if names else x.label for x in examples]
         ids = [x.id for x in examples]
     else:
-        from bertforge.data.corpus import load_documents
-        from bertforge.data.tasks import spread
-
-        docs = [d for d in load_documents(cfg.corpus) if d.split == e.split]
+        docs = [d for d in load_documents(s.corpus) if d.split == e.split]
         docs = spread(docs, e.max_examples) if e.max_examples else docs
         texts, pairs = [d.text for d in docs], None
         labels, ids = [d.label for d in docs], [d.id for d in docs]
     if not texts:
+        source = "task" if s.task is not None else "corpus"
         raise DataError(
-            f"extract.split={e.split} of the {e.dataset} is empty; choose another extract.split"
+            f"extract.split={e.split} of the {source} is empty; choose another extract.split"
         )
     rows = [{"id": i, "label": y, "split": e.split} for i, y in zip(ids, labels, strict=True)]
     return texts, pairs, rows
 
 
-def run_extraction(cfg: Config, ctx: BuildContext) -> dict[str, float]:
-    e = cfg.extract
-    encoder = load_encoder(cfg, ctx.upstream)
+def build(ctx: BuildContext) -> dict[str, float]:
+    s: Settings = ctx.settings
+    e = s.extract
+    model_artifact = next(iter(ctx.upstream.values()), None)
+    encoder = (
+        encoder_of(model_artifact) if model_artifact else hf_encoder(e.hf_model, "extract.hf_model")
+    )
+    encoder.bert.config.check_length("extract.max_seq_length", e.max_seq_length)
     if encoder.trained_length and e.max_seq_length > encoder.trained_length:
         log.warning(
             "extract.max_seq_length=%d exceeds the %d positions the model was pretrained on; "
@@ -107,20 +80,13 @@ def run_extraction(cfg: Config, ctx: BuildContext) -> dict[str, float]:
             e.max_seq_length,
             encoder.trained_length,
         )
-    texts, pairs, rows = texts_to_embed(cfg)
+    texts, pairs, rows = texts_to_embed(s)
+    common = {"layers": e.layers, "batch_size": e.batch_size, "max_seq_length": e.max_seq_length}
     sentences = extract_sentence_embeddings(
-        encoder.bert,
-        encoder.tokenizer,
-        texts,
-        out_dir=ctx.path / SENTENCES,
-        pooling=e.pooling,
-        layers=e.layers,
-        batch_size=e.batch_size,
-        max_seq_length=e.max_seq_length,
-        text_pairs=pairs,
-        metadata=rows,
-    )
-    ctx.extra["model_name"] = encoder.name
+        encoder.bert, encoder.tokenizer, texts, out_dir=ctx.path / SENTENCES, pooling=e.pooling,
+        text_pairs=pairs, metadata=rows, **common,
+    )  # fmt: skip
+    ctx.extra |= encoder_record(model_artifact, e.hf_model) | {"model_name": encoder.name}
     metrics = {
         "sentences": sentences["n"],
         "hidden_size": sentences["hidden_size"],
@@ -129,15 +95,20 @@ def run_extraction(cfg: Config, ctx: BuildContext) -> dict[str, float]:
     }
     if e.words:
         words = extract_word_embeddings(
-            encoder.bert,
-            encoder.tokenizer,
-            texts,
-            e.words,
-            out_dir=ctx.path / WORDS,
-            layers=e.layers,
-            batch_size=e.batch_size,
-            max_seq_length=e.max_seq_length,
-            metadata=rows,
-        )
+            encoder.bert, encoder.tokenizer, texts, e.words, out_dir=ctx.path / WORDS,
+            metadata=rows, **common,
+        )  # fmt: skip
         metrics |= {f"occurrences_{word}": count for word, count in words["counts"].items()}
+    with ctx.loggers() as loggers:
+        loggers.log_metrics({f"extract/{k}": v for k, v in metrics.items()})
     return metrics
+
+
+STAGE = Stage(
+    "extract",
+    Settings,
+    build,
+    upstream=upstream,
+    select=select,
+    summary=("sentences", "hidden_size", "sentences_per_s"),
+)

@@ -1,4 +1,4 @@
-"""The visualize stage's work: the lecture's figures, each with its quality numbers.
+"""Stage `visualize`: the lecture's figures, each with the numbers that say how faithful it is.
 
 - `<method>.png`: the embeddings laid out by `visualize.method`, coloured by label;
 - `tsne_snapshots.png`: t-SNE after 250 and 500 updates and at the end;
@@ -11,17 +11,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from bertforge.analysis.attention import attention_maps, plot_attention_average, plot_attention_grid
-from bertforge.config import Config
-from bertforge.analysis.embed import load_embeddings
-from bertforge.stages.extract import SENTENCES, WORDS, load_encoder
-from bertforge.pipeline.store import BuildContext
-from bertforge.pipeline.tracking import StageLoggers
+from bertforge.analysis.attention import (
+    attention_maps,
+    plot_attention_average,
+    plot_attention_grid,
+)
 from bertforge.analysis.layouts import (
     METHOD_NAMES,
     Layout,
@@ -32,6 +31,15 @@ from bertforge.analysis.layouts import (
     plot_scatter,
     plot_snapshots,
 )
+from bertforge.artifacts import (
+    SENTENCES,
+    WORDS,
+    embeddings_of,
+    extraction_encoder,
+    has_embeddings,
+)
+from bertforge.config import VisualizeConfig
+from bertforge.pipeline.stage import BuildContext, Stage
 
 QUALITY_KEYS = (
     "trustworthiness", "knn_preservation", "knn_accuracy_2d", "knn_accuracy_hd", "silhouette_2d",
@@ -39,15 +47,25 @@ QUALITY_KEYS = (
 )  # fmt: skip
 
 
+@dataclass
+class Settings:
+    visualize: VisualizeConfig
+    seed: int
+
+
 def numbers(quality: dict, prefix: str = "") -> dict[str, float]:
     return {f"{prefix}{k}": quality[k] for k in QUALITY_KEYS if quality.get(k) is not None}
+
+
+def layer_name(layer: int) -> str:
+    return "last layer" if layer == -1 else "embedding layer" if layer == 0 else f"layer {layer}"
 
 
 class Figures:
     """Lays out one set of points several ways; records figures and metrics as it goes."""
 
-    def __init__(self, cfg: Config, ctx: BuildContext, X: np.ndarray, labels: list, title: str):
-        self.cfg, self.v, self.ctx = cfg, cfg.visualize, ctx
+    def __init__(self, s: Settings, out: Path, X: np.ndarray, labels: list, title: str):
+        self.v, self.seed, self.out = s.visualize, s.seed, out
         self.X, self.labels, self.title = X, labels, title
         self.metrics: dict[str, float] = {}
         self.figures: dict[str, Path] = {}
@@ -59,10 +77,10 @@ class Figures:
         v = replace(self.v, **changes) if changes else self.v
         key = (method, v.dof, v.tsne_backend) if method == "tsne" else (method,)
         if key not in self._done or (v.snapshots and not self._done[key][0].snapshots):
-            layout = embed_2d(self.X, method, v, seed=self.cfg.seed, n_jobs=v.n_jobs)
+            layout = embed_2d(self.X, method, v, seed=self.seed, n_jobs=v.n_jobs)
             quality = layout_quality(
                 self.X, layout, self.labels, k=v.knn_k, max_points=v.quality_max_points,
-                seed=self.cfg.seed,
+                seed=self.seed,
             )  # fmt: skip
             self._done[key] = (layout, quality)
         return self._done[key]
@@ -71,13 +89,13 @@ class Figures:
         method = self.v.method
         layout, quality = self.layout(method)
         self.metrics |= numbers(quality) | {"layout_seconds": layout.seconds}
-        title = f"{self.title} · {layout.description}"
+        title = f"{self.title}\n{layout.description}"
         self.figures[method] = plot_scatter(
-            layout.xy, self.labels, None, title, self.ctx.path / f"{method}.png", quality
+            layout.xy, self.labels, None, title, self.out / f"{method}.png", quality
         )
         if layout.snapshots:
             self.figures["tsne_snapshots"] = plot_snapshots(
-                layout, self.labels, None, self.title, self.ctx.path / "tsne_snapshots.png"
+                layout, self.labels, None, self.title, self.out / "tsne_snapshots.png"
             )
         return layout
 
@@ -89,7 +107,7 @@ class Figures:
             )
             self.metrics |= numbers(qualities[dof], f"dof{dof:g}_")
         self.figures["tsne_dof"] = plot_dof_comparison(
-            layouts, qualities, self.labels, None, self.title, self.ctx.path / "tsne_dof.png"
+            layouts, qualities, self.labels, None, self.title, self.out / "tsne_dof.png"
         )
 
     def method_panel(self) -> None:
@@ -99,62 +117,78 @@ class Figures:
             layouts[name], qualities[name] = self.layout(method, snapshots=[])
             self.metrics |= numbers(qualities[name], f"{method}_")
         self.figures["methods"] = plot_method_panel(
-            layouts, qualities, self.labels, None, self.title, self.ctx.path / "methods.png"
+            layouts, qualities, self.labels, None, self.title, self.out / "methods.png"
         )
 
 
-def word_figure(cfg: Config, extract_dir: Path, out: Path, title: str) -> dict[str, float]:
+def word_figure(s: Settings, X: np.ndarray, rows: list[dict], out: Path, title: str) -> dict:
     """t-SNE (or PCA for few points) of every occurrence of the words of interest."""
-    X, rows = load_embeddings(extract_dir / WORDS, layer=cfg.visualize.layer)
     words = [row["word"] for row in rows]
-    v = cfg.visualize
+    v = s.visualize
     perplexity = min(v.perplexity, (len(X) - 1) / 3 - 1e-6)
     method = "tsne" if perplexity >= 2 else "pca"
     v = replace(v, perplexity=max(perplexity, 1.0), snapshots=[])
-    layout = embed_2d(X, method, v, seed=cfg.seed, n_jobs=v.n_jobs)
+    layout = embed_2d(X, method, v, seed=s.seed, n_jobs=v.n_jobs)
     quality = layout_quality(X, layout, words, k=min(v.knn_k, max(1, len(X) // 2 - 1)))
-    title = f"{title} · contextual word vectors · {layout.description}"
+    title = f"{title}\ncontextual word vectors · {layout.description}"
     plot_scatter(layout.xy, words, None, title, out, quality)
     return numbers(quality, "words_")
 
 
-def run_visualization(cfg: Config, ctx: BuildContext, loggers: StageLoggers) -> dict[str, float]:
-    v = cfg.visualize
+def build(ctx: BuildContext) -> dict[str, float]:
+    s: Settings = ctx.settings
+    v = s.visualize
     extract = ctx.upstream["extract"]
-    model_name = extract.manifest.get("model_name", cfg.model.name)
-    X, rows = load_embeddings(extract.path / SENTENCES, layer=v.layer)
+    model_name = extract.manifest.get("model_name", "model")
+    X, rows = embeddings_of(extract, SENTENCES, v.layer)
     labels = [row.get("label") for row in rows]
-    title = f"{model_name} · layer {v.layer} · {cfg.extract.pooling} pooling · {cfg.extract.split}"
+    split = rows[0].get("split", "") if rows else ""
+    title = f"{model_name} · {layer_name(v.layer)} · {split} split"
 
-    figures = Figures(cfg, ctx, np.asarray(X), labels, title)
+    figures = Figures(s, ctx.path, np.asarray(X), labels, title)
     main = figures.main()
     if v.compare_dof:
         figures.dof_comparison()
     if v.compare_methods:
         figures.method_panel()
     metrics = dict(figures.metrics)
-    if (extract.path / WORDS).is_dir():
+    if has_embeddings(extract, WORDS):
+        word_X, word_rows = embeddings_of(extract, WORDS, v.layer)
         figures.figures["words"] = ctx.path / "words.png"
-        metrics |= word_figure(cfg, extract.path, ctx.path / "words.png", model_name)
+        metrics |= word_figure(s, np.asarray(word_X), word_rows, ctx.path / "words.png", model_name)
 
-    encoder = load_encoder(cfg, ctx.upstream)
-    for i, sentence in enumerate(v.attention_sentences):
-        tokens, probs = attention_maps(encoder.bert, encoder.tokenizer, sentence)
-        figures.figures[f"attention_{i}"] = plot_attention_grid(
-            tokens, probs, ctx.path / f"attention_{i}.png", f"{model_name}: “{sentence}”"
-        )
-        figures.figures[f"attention_{i}_mean"] = plot_attention_average(
-            tokens, probs, ctx.path / f"attention_{i}_mean.png", title=f"{model_name}: head average"
-        )
+    if v.attention_sentences:
+        encoder = extraction_encoder(extract)
+        for i, sentence in enumerate(v.attention_sentences):
+            tokens, probs = attention_maps(encoder.bert, encoder.tokenizer, sentence)
+            figures.figures[f"attention_{i}"] = plot_attention_grid(
+                tokens, probs, ctx.path / f"attention_{i}.png", f"{model_name}: “{sentence}”"
+            )
+            figures.figures[f"attention_{i}_mean"] = plot_attention_average(
+                tokens, probs, ctx.path / f"attention_{i}_mean.png", f"{model_name}: head average"
+            )
 
     points = [
         [float(x), float(y), str(label), row.get("text", "")[:200]]
         for (x, y), label, row in zip(main.xy, labels, rows, strict=True)
     ]
     (ctx.path / "points.json").write_text(json.dumps(points), encoding="utf-8")
-    for name, path in figures.figures.items():
-        loggers.log_image(f"visualize/{name}", path)
-    loggers.log_table("visualize/points", ["x", "y", "label", "text"], points)
-    loggers.log_metrics({f"visualize/{k}": value for k, value in metrics.items()})
+    with ctx.loggers() as loggers:
+        for name, path in figures.figures.items():
+            loggers.log_image(f"visualize/{name}", path)
+        loggers.log_table("visualize/points", ["x", "y", "label", "text"], points)
+        loggers.log_metrics({f"visualize/{k}": value for k, value in metrics.items()})
     ctx.extra["figures"] = {name: str(path) for name, path in figures.figures.items()}
     return metrics
+
+
+STAGE = Stage(
+    "visualize",
+    Settings,
+    build,
+    upstream=lambda s: ("extract",),
+    summary=(
+        "trustworthiness", "knn_accuracy_2d", "knn_accuracy_hd", "silhouette_2d", "kl_divergence",
+        "umap_knn_accuracy_2d", "pca_knn_accuracy_2d",
+    ),
+)  # fmt: skip
