@@ -54,7 +54,7 @@ def test_parallel_submitit_jobs_build_shared_stages_once(tmp_path):
     assert sum(not r["stages"]["pretrain"]["reused"] for r in records) == 2
 
     report = (tmp_path / "sweep" / "report.md").read_text()
-    assert "pretrain.mask_rate=0.15" in report and "(n=1)" in report
+    assert "pretrain.mask_rate=0.15" in report and "(n=1, no spread)" in report
     assert (tmp_path / "sweep" / "report.png").exists()
 
     groups = {

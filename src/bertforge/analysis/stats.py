@@ -67,21 +67,25 @@ class Comparison:
         return self.p_value is not None and self.p_value < ALPHA
 
     @property
+    def sample_size(self) -> str:
+        """ "3 pairs", "1 pair", or "3 vs 4 runs" (unpaired: arm vs reference)."""
+        if self.paired:
+            return f"{self.n} pair" + ("s" if self.n != 1 else "")
+        return f"{self.n_arm} vs {self.n_reference} runs"
+
+    @property
     def verdict(self) -> str:
         """One line, e.g. "A − B: +0.097 [0.061, 0.133], p=0.008, n=3 pairs"."""
-        unit = "pairs" if self.paired else "runs per arm"
-        if self.paired and self.n == 1:
-            unit = "pair"
         head = f"{self.arm} − {self.reference}: {format_value(self.mean, signed=True)}"
         if self.ci_low is not None and self.ci_high is not None:
             head += f" [{format_value(self.ci_low)}, {format_value(self.ci_high)}]"
         if self.p_value is not None:
             head += f", {format_p(self.p_value)}"
-        head += f", n={self.n} {unit}"
+        head += f", n={self.sample_size}"
         if self.note:
             head += f" ({self.note})"
         if self.n < 2:
-            return f"{head}: one run per arm, no test possible; run more seeds"
+            return f"{head}: too few runs for a test; run more seeds"
         if self.p_value is None:
             if self.mean == 0:
                 return f"{head}: identical at every seed, not distinguishable from seed noise"
@@ -91,8 +95,8 @@ class Comparison:
         tail = f"{head}: difference not distinguishable from seed noise at n={self.n}"
         tail += f" ({format_p(self.p_value)})"
         if self.seeds_needed is not None:
-            tail += f"; ~{self.seeds_needed} {unit} would detect it"
-            tail += " with 80% power"
+            unit = "pairs" if self.paired else "runs per arm"
+            tail += f"; ~{self.seeds_needed} {unit} would detect it with 80% power"
         return tail
 
 
@@ -131,18 +135,20 @@ def _quiet(test, *args, **kwargs):
 
 
 def compare(
-    arm: Mapping[Hashable, float],
-    reference: Mapping[Hashable, float],
+    arm: Mapping[Hashable, float] | Sequence[float],
+    reference: Mapping[Hashable, float] | Sequence[float],
     arm_name: str = "arm",
     reference_name: str = "reference",
     confidence: float = CONFIDENCE,
 ) -> Comparison:
-    """`arm − reference` with values keyed by seed: paired when both hold the same seeds."""
-    if not arm or not reference:
+    """`arm − reference`. Values keyed by seed are paired when both arms hold the same seeds;
+    otherwise (other seeds, or plain sequences) the arms are compared unpaired (Welch)."""
+    if len(arm) == 0 or len(reference) == 0:
         raise ValueError("compare needs at least one value in each arm")
     names = dict(arm=arm_name, reference=reference_name, n_arm=len(arm))
     names["n_reference"] = len(reference)
-    if set(arm) == set(reference):
+    keyed = isinstance(arm, Mapping) and isinstance(reference, Mapping)
+    if keyed and set(arm) == set(reference):
         seeds = sorted(arm, key=str)
         a = np.array([arm[s] for s in seeds], dtype=float)
         b = np.array([reference[s] for s in seeds], dtype=float)
@@ -159,10 +165,16 @@ def compare(
             ci_low=_finite(ci.low), ci_high=_finite(ci.high), p_value=_finite(result.pvalue),
             seeds_needed=seeds_needed(mean, std, paired=True), **names,
         )  # fmt: skip
-    a = np.array(list(arm.values()), dtype=float)
-    b = np.array(list(reference.values()), dtype=float)
+    a = np.array(list(arm.values() if isinstance(arm, Mapping) else arm), dtype=float)
+    b = np.array(
+        list(reference.values() if isinstance(reference, Mapping) else reference), dtype=float
+    )
     mean = float(a.mean() - b.mean())
-    names["note"] = "seeds differ between the arms: unpaired Welch test"
+    names["note"] = (
+        "seeds differ between the arms: unpaired Welch test"
+        if keyed
+        else "runs not keyed by distinct seeds: unpaired Welch test"
+    )
     if min(a.size, b.size) < 2:
         return Comparison(paired=False, n=min(a.size, b.size), mean=mean, std=None, ci_low=None,
                           ci_high=None, p_value=None, seeds_needed=None, **names)  # fmt: skip
