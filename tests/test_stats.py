@@ -17,12 +17,17 @@ MLM = {1: 0.81, 2: 0.81, 3: 0.79}
 def test_summary_matches_scipy():
     x = [0.93, 0.88, 0.89, 0.95]
     s = summarize(x)
-    ci = stats.ttest_1samp(x, 0).confidence_interval(0.95)
+    low, high = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
     assert s.n == 4
     assert s.mean == pytest.approx(stats.tmean(x), rel=1e-12)
     assert s.std == pytest.approx(stats.tstd(x), rel=1e-12)
-    assert (s.ci_low, s.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-12)
+    assert (s.ci_low, s.ci_high) == pytest.approx((low, high), rel=1e-9)
     assert s.ci_low < s.mean < s.ci_high
+
+
+def test_equal_values_have_a_zero_width_interval_not_nan():
+    s = summarize([0.22, 0.22])
+    assert (s.std, s.ci_low, s.ci_high) == (0.0, 0.22, 0.22)
 
 
 def test_one_seed_has_no_spread():

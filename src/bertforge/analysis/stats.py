@@ -119,8 +119,9 @@ def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Summar
     mean = float(x.mean())
     if x.size == 1:
         return Summary(1, mean, None, None, None)
-    low, high = stats.t.interval(confidence, x.size - 1, loc=mean, scale=stats.sem(x))
-    return Summary(int(x.size), mean, float(x.std(ddof=1)), float(low), float(high))
+    # Student t interval of the mean; [mean, mean] when all values are equal (t.interval: nan)
+    ci = _quiet(lambda: stats.ttest_1samp(x, 0.0).confidence_interval(confidence))
+    return Summary(int(x.size), mean, float(x.std(ddof=1)), float(ci.low), float(ci.high))
 
 
 def _finite(x: float) -> float | None:
