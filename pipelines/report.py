@@ -1,9 +1,9 @@
-"""Tabulate a finished sweep: mean ± std and n per setting.
+"""Tabulate a finished sweep: per setting n, mean, std and 95% CI; paired differences.
 
     python pipelines/report.py outputs/multirun/2026-11-29/12-00-00 [--metrics STAGE/METRIC ...]
 
 Writes report.md, report.csv and report.png into the sweep directory (a multirun also does this
-itself when it ends). Default metrics: the sweep's `report_metrics`.
+itself when it ends, and logs them to W&B). Default metrics: the sweep's `report_metrics`.
 """
 
 import argparse
@@ -33,11 +33,11 @@ def main() -> None:
                 f"no metrics given and no job config (*/.hydra/config.yaml) in {args.sweep_dir}; "
                 "pass --metrics stage/metric"
             )
-        rows = write_report(args.sweep_dir, metrics)
+        report = write_report(args.sweep_dir, metrics)
     except BertforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(render_markdown(rows))
+    print(render_markdown(report))
     print(f"wrote {args.sweep_dir / 'report.md'}, report.csv, report.png")
 
 
