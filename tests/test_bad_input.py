@@ -56,6 +56,7 @@ def write_bad_files(inputs: Path) -> None:
         "text,label\ncaf\xe9 cr\xe8me,pos\nbad,neg\n".encode("cp1252")
     )
     (inputs / "empty.csv").write_bytes(b"")
+    (inputs / "empty_label.csv").write_text("text,label\nwhat a film,pos \nmeh,\nawful,neg\n")
     (inputs / "scores.csv").write_text("text,score\nclose,4.5\nfar,high\n", encoding="utf-8")
     (inputs / "corpus_cp1252.txt").write_bytes(
         "The caf\xe9 opened in March. Prices rose \x80 5 a cup.".encode("latin-1")
@@ -255,6 +256,8 @@ CASES = [
          "cp1252.csv is not UTF-8 (invalid byte at offset 14); re-save it as UTF-8", "finetune"),
     case("zero-byte-task-file", "finetune.py", [*LOCAL, "task.train_file={inputs}/empty.csv"],
          "empty.csv is empty (0 bytes); point the task at a file with examples", "finetune"),
+    case("empty-label-cell", "finetune.py", [*LOCAL, "task.train_file={inputs}/empty_label.csv"],
+         "empty_label.csv, line 3: empty label in column 'label'; fill it in", "finetune"),
     # -- corpus and pretraining -----------------------------------------------------------------
     case("windows-1252-corpus", "pretrain.py",
          ["corpus=text_files", "corpus.path={inputs}/corpus_cp1252.txt"],

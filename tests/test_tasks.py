@@ -867,6 +867,55 @@ def test_empty_last_cells_are_text_not_missing_fields(tmp_path):
         load_task(local_cfg(train))
 
 
+# --- Labels: whitespace and empty cells ------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_label_whitespace_is_stripped(tmp_path, ext):
+    rows = [{"text": "a", "label": "pos "}, {"text": "b", "label": "pos"}]
+    rows += [{"text": "c", "label": " neg"}]
+    task = load_task(local_cfg(write_table(tmp_path / f"train{ext}", rows)))
+    assert task.label_names == ["neg", "pos"]
+    assert [e.label for e in task.splits["train"]] == [1, 1, 0]
+
+
+EMPTY_LABELS = [
+    (ext, where, empty)
+    for ext, where in [
+        (".csv", "line 3"),
+        (".tsv", "line 3"),
+        (".jsonl", "line 2"),
+        (".parquet", "row 2"),
+    ]
+    for empty in ("", "  ", None)
+    if not (ext == ".tsv" and empty is None)  # a literal TSV would hold the text "None"
+]
+
+
+@pytest.mark.parametrize(("ext", "where", "empty"), EMPTY_LABELS)
+def test_empty_label_is_an_error_with_its_row(tmp_path, ext, where, empty):
+    rows = [{"text": "a", "label": "pos"}, {"text": "b", "label": empty}]
+    rows += [{"text": "c", "label": "neg"}]
+    train = write_table(tmp_path / f"train{ext}", rows)
+    with pytest.raises(
+        DataError, match=rf"train{ext}, {where}: empty label in column 'label'; fill it in"
+    ):
+        load_task(local_cfg(train))
+
+
+def test_glue_labels_are_stripped_and_empty_ones_rejected(tmp_path):
+    header = ["index", "sentence1", "sentence2", "label"]
+    write_tsv(tmp_path / "RTE" / "train.tsv", [header, ["0", "a", "b", "entailment "]])
+    write_tsv(tmp_path / "RTE" / "dev.tsv", [header, ["0", "a", "b", " not_entailment"]])
+    task = glue("rte", tmp_path)
+    assert [e.label for e in task.splits["train"] + task.splits["validation"]] == [0, 1]
+    write_tsv(
+        tmp_path / "RTE" / "dev.tsv", [header, ["0", "a", "b", "entailment"], ["1", "a", "b", ""]]
+    )
+    with pytest.raises(DataError, match=r"RTE/dev.tsv, line 3: empty label in column 'label'"):
+        glue("rte", tmp_path)
+
+
 def test_json_label_cells_of_mixed_types(tmp_path):
     """A jsonl label column mixing numbers, text and lists is read (datasets' Json feature)."""
     rows = [{"text": "a", "label": 1}, {"text": "b", "label": "pos"}]

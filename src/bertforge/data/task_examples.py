@@ -2,8 +2,9 @@
 tsv / jsonl / parquet files (`task=local_files`), read by `task_files`, become `TaskData`.
 
 The checks here are about what the rows mean, each a one-line `DataError` naming the file, the
-row and the fix: missing columns, missing text, labels outside the label set and non-numeric
-regression targets.
+row and the fix: missing columns, missing text, labels outside the label set, empty labels and
+non-numeric regression targets. Label cells are stripped of surrounding whitespace ("pos " and
+"pos" are one class); an empty label cell is an error.
 """
 
 from __future__ import annotations
@@ -101,9 +102,9 @@ def _require_columns(table: Table, columns: tuple[str, ...], user_columns: bool)
             )
 
 
-def _label_text(raw: Any) -> str | None:
-    """A label cell as its class name (None when missing)."""
-    return None if raw is None else str(raw)
+def _label_text(raw: Any) -> str:
+    """A label cell as its class name: text without surrounding whitespace ("" when empty)."""
+    return "" if raw is None else str(raw).strip()
 
 
 def _distinct(values: list[Any]) -> list[Any]:
@@ -115,9 +116,10 @@ def _distinct(values: list[Any]) -> list[Any]:
 
 
 def discover_labels(table: Table, label_column: str) -> list[str]:
-    """Sorted distinct labels of the training file, as strings."""
+    """Sorted distinct labels of the training file, as stripped strings (empty ones left out:
+    `table_examples` reports them with their row)."""
     _require_columns(table, (label_column,), user_columns=True)
-    return sorted({_label_text(raw) for raw in _distinct(table.column(label_column))} - {None})
+    return sorted({_label_text(raw) for raw in _distinct(table.column(label_column))} - {""})
 
 
 def table_examples(
@@ -161,6 +163,11 @@ def table_examples(
             name = _label_text(raw)
             if name not in label_index:
                 where = f"{table.path}, {table.locate(position)}"
+                if not name:
+                    raise DataError(
+                        f"{where}: empty label in column {label_column!r}; fill it in with one "
+                        f"of {', '.join(label_index)} or remove the row"
+                    )
                 raise DataError(
                     f"{where}: label {raw!r} is not one of {', '.join(label_index)}; "
                     + (
