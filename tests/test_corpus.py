@@ -212,3 +212,20 @@ def test_split_sentences_korean_and_cjk():
 
 def test_split_sentences_blank():
     assert split_sentences("  \n\n ") == []
+
+
+def test_iter_sentences_reads_lines_as_splitlines_does():
+    from bertforge.data.corpus import _paragraph_sentences, iter_sentences
+
+    text = (
+        "First one. Second one!\r\nThird\x0bfourth.\x0cFifth\x1csixth\x1dseventh\x1eeighth"
+        "\x85ninth\u2028tenth\u2029eleventh\r\rtwelfth\n\n  \nMr. Smith went. He left.\n"
+    )
+    expected = [s for line in text.splitlines() for s in _paragraph_sentences(line) if s]
+    assert list(iter_sentences(text)) == split_sentences(text) == expected
+    assert len(expected) == 14
+    for doc in load_bbc_news()[:50]:
+        lines = doc.text.splitlines()
+        assert split_sentences(doc.text) == [
+            s for line in lines for s in _paragraph_sentences(line) if s
+        ]

@@ -129,6 +129,9 @@ class PretrainConfig:
     checkpoint_every_n_steps: int = 100
     micro_batch_size: int | None = None  # per device and step; None: global / world size
     num_workers: int = 0
+    # Characters of text tokenised at a time while building the examples: bounds that step's
+    # memory (~300 bytes a character in flight); the examples are the same for any value.
+    tokenize_chunk_chars: int = 100_000
 
     def __post_init__(self) -> None:
         check_choice("pretrain.objective", self.objective, ("mlm_nsp", "mlm_only"))
@@ -142,7 +145,7 @@ class PretrainConfig:
                 f"pretrain.max_seq_length={self.max_seq_length} is too short for "
                 "[CLS] A [SEP] B [SEP]; use at least 8"
             )
-        for key in ("max_steps", "global_batch_size", "dupe_factor"):
+        for key in ("max_steps", "global_batch_size", "dupe_factor", "tokenize_chunk_chars"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"pretrain.{key} must be >= 1")
         if self.length_bucket_window < 0:

@@ -262,12 +262,19 @@ def _paragraph_sentences(paragraph: str) -> Iterator[str]:
     yield paragraph[start:].strip()
 
 
+# The line boundaries of str.splitlines, for reading lines without a list of all of them
+_LINE = re.compile("[^\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
+
+
+def iter_sentences(text: str) -> Iterator[str]:
+    """The sentences of `split_sentences`, one at a time (a long text is never copied whole)."""
+    for line in _LINE.finditer(text):
+        for sentence in _paragraph_sentences(line[0]):
+            if sentence:
+                yield sentence
+
+
 def split_sentences(text: str) -> list[str]:
     """Split `text` into sentences: at newlines, then after . ! ? (and CJK full stops) that are
     followed by a sentence start, skipping abbreviations (Mr., e.g., U.S., J. Smith)."""
-    return [
-        sentence
-        for paragraph in text.splitlines()
-        for sentence in _paragraph_sentences(paragraph)
-        if sentence
-    ]
+    return list(iter_sentences(text))
