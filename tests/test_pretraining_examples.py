@@ -215,3 +215,21 @@ def test_examples_are_byte_identical_for_any_chunk_size(tmp_path, tokenizer_dir,
     assert not [name for name in files if name.name.startswith(".")]  # no temporary file left
     for other in others:
         assert other == (stats, files)
+
+
+def test_a_one_file_corpus_holds_out_the_tail(tmp_path, tokenizer_dir):
+    """One file without blank lines is one document: it trains, the last 5% of the examples
+    validate (its file name used to send it to the validation split: no training examples)."""
+    from bertforge.config import CorpusConfig
+    from bertforge.data.corpus import load_documents
+
+    path = tmp_path / "wiki.txt"
+    path.write_text("\n".join(doc.text.replace("\n\n", "\n") for doc in load_bbc_news()[:20]))
+    docs = load_documents(CorpusConfig(source="text_files", path=str(path)))
+    assert [doc.split for doc in docs] == ["train"]
+    cfg = PretrainConfig(objective="mlm_only", max_seq_length=32)
+    stats = write_pretraining_examples(
+        docs, tokenizer_dir=tokenizer_dir, out_dir=tmp_path / "out", cfg=cfg, seed=0
+    )
+    total = stats["train_examples"] + stats["validation_examples"]
+    assert total > 100 and stats["validation_examples"] == total // 20

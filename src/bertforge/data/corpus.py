@@ -1,7 +1,13 @@
 """Text sources -> documents -> sentences.
 
 `load_documents` turns the `corpus` config into a list of `Document`s with a fixed
-train/validation/test split; `split_sentences` cuts a document into sentences for NSP pairs.
+train/validation/test split (80/10/10 by a hash: of the document id for the embedded BBC News
+and for hf_dataset rows, of the document's text for text_files, whose documents are files or
+blank-line-separated blocks of a file); `split_sentences` cuts a document into sentences.
+
+A corpus whose documents all hash outside the training split (a few documents, or one file
+that is one document) trains on all of them; the stages then hold out the tail (the last 5% of
+texts for the tokenizer, of examples for pretraining).
 """
 
 from __future__ import annotations
@@ -10,17 +16,21 @@ import functools
 import glob
 import hashlib
 import itertools
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 
 from bertforge.config import CorpusConfig
 from bertforge.errors import DataError
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "validation", "test")
+DOCUMENTS_HINT = "documents are separated by blank lines, or one per file"
 
 
 @dataclass(frozen=True)
@@ -31,9 +41,10 @@ class Document:
     label: str | None = None
 
 
-def split_for(doc_id: str) -> str:
-    """The fixed split of a document: 80/10/10 by a SHA-256 hash of its id."""
-    bucket = int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:8], "big") % 100
+def split_for(key: str) -> str:
+    """The fixed split of a document: 80/10/10 by a SHA-256 hash of `key` (its id, or for
+    text_files its text)."""
+    bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 100
     return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
 
 
@@ -107,17 +118,15 @@ def _read_utf8(path: Path) -> str:
 
 
 def _text_file_documents(pattern: str) -> Iterator[Document]:
-    """One document per file, or one per blank-line-separated block (ids `<path>#<n>`)."""
+    """One document per file, or one per blank-line-separated block (ids `<path>#<n>`), each
+    split by its text: renaming or reordering files and blocks moves no document."""
     paths, base = _text_file_paths(pattern)
     for path in paths:
         rel = path.relative_to(base).as_posix()
-        blocks = [b for b in _BLANK_LINE.split(_read_utf8(path)) if b.strip()]
-        if len(blocks) == 1:
-            yield Document(rel, blocks[0].strip(), split_for(rel))
-            continue
+        blocks = [b.strip() for b in _BLANK_LINE.split(_read_utf8(path)) if b.strip()]
         for n, block in enumerate(blocks):
-            doc_id = f"{rel}#{n}"
-            yield Document(doc_id, block.strip(), split_for(doc_id))
+            doc_id = rel if len(blocks) == 1 else f"{rel}#{n}"
+            yield Document(doc_id, block, split_for(block))
 
 
 # --- Hugging Face datasets ----------------------------------------------------------------------
@@ -209,9 +218,19 @@ def load_documents(cfg: CorpusConfig) -> list[Document]:
         where = f"hf_dataset {cfg.path or cfg.name}"
     kept = list(itertools.islice((d for d in docs if d.text.strip()), cfg.max_documents))
     if not kept:
+        hint = f" ({DOCUMENTS_HINT})" if cfg.source == "text_files" else ""
         raise DataError(
-            f"corpus {where} has no text: every document is blank; point the corpus at text"
+            f"corpus {where} has no text: every document is blank; point the corpus at text{hint}"
         )
+    if not any(doc.split == "train" for doc in kept):
+        log.warning(
+            "corpus %s: none of its %d documents hashes into the training split; all of them "
+            "train and the stages hold out the tail (%s)",
+            where,
+            len(kept),
+            DOCUMENTS_HINT,
+        )
+        kept = [replace(doc, split="train") for doc in kept]
     return kept
 
 

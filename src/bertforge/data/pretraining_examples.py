@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bertforge.data.corpus import DOCUMENTS_HINT, iter_sentences
 from bertforge.errors import DataError
 
 IGNORE_INDEX = -100
 NEXT = 0  # segment B follows segment A
 RANDOM_NEXT = 1  # segment B comes from another document
 WRITE_BATCH = 4096  # examples per Arrow record batch (fixed: the bytes written depend on it)
-SPLIT_HINT = "in corpus=text_files, documents are separated by blank lines, or one per file"
+SPLIT_HINT = f"in corpus=text_files, {DOCUMENTS_HINT}"
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,6 @@ def _pieces(sentence: str, limit: int) -> Iterator[str]:
 
 def _marked_pieces(texts: Iterable[str], limit: int) -> Iterator[tuple[str, bool, bool]]:
     """(piece, ends a sentence, ends a document) for every document text in `texts`."""
-    from bertforge.data.corpus import iter_sentences
-
     for text in texts:
         for sentence in iter_sentences(text):
             pieces = list(_pieces(sentence, limit))
