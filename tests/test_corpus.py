@@ -280,3 +280,24 @@ def test_embedded_split_is_unchanged():
     docs = load_bbc_news()
     assert all(doc.split == split_for(doc.id) for doc in docs)
     assert Counter(doc.split for doc in docs) == {"train": 1753, "validation": 233, "test": 239}
+
+
+def test_hf_dataset_reads_a_tsv_file_literally_and_caches_nothing(tmp_path, monkeypatch):
+    """corpus=hf_dataset rejected .tsv while task=local_files accepted it; local files used to
+    leave an Arrow cache in the user's HF cache."""
+    import tempfile
+
+    import datasets
+
+    hf_cache, temp = tmp_path / "hf_cache", tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", hf_cache)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    path = tmp_path / "reviews.tsv"
+    path.write_text('id\tdocument\tlabel\n1\t"Quoted, at the start. Fine.\t1\n2\tNA\t0\n3\t\t1\n')
+    docs = hf(path=str(path), text_column="document")
+    assert [(doc.id, doc.text) for doc in docs] == [
+        ("0", '"Quoted, at the start. Fine.'),
+        ("1", "NA"),
+    ]
+    assert list(temp.iterdir()) == [] and not hf_cache.exists()

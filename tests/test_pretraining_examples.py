@@ -27,6 +27,7 @@ from bertforge.data.pretraining_examples import (
     write_pretraining_examples,
 )
 from bertforge.data.tokenizer import save_tokenizer
+from bertforge.errors import DataError
 
 GOLDEN_TOKENIZER = Path(__file__).parent / "golden" / "tokenizer_bert_tiny_test.json"
 SPECIAL = SpecialIds(pad=0, cls=2, sep=3, mask=4, all=(0, 1, 2, 3, 4))
@@ -233,3 +234,26 @@ def test_a_one_file_corpus_holds_out_the_tail(tmp_path, tokenizer_dir):
     )
     total = stats["train_examples"] + stats["validation_examples"]
     assert total > 100 and stats["validation_examples"] == total // 20
+
+
+def test_nsp_on_one_document_is_an_error_naming_the_fix(tmp_path, tokenizer_dir, caplog):
+    """One document gives no NSP negatives: it used to train with random_next_share 0."""
+    text = "\n".join(doc.text for doc in load_bbc_news()[:5])
+    one = [Document("wiki.txt", text, "train")]
+    cfg = PretrainConfig(max_seq_length=32)
+    with pytest.raises(
+        DataError,
+        match=r"mlm_nsp needs at least 2 training documents .* has 1 \(in corpus=text_files, "
+        r"documents are separated by blank lines, or one per file\); use pretrain=mlm_only",
+    ):
+        write_pretraining_examples(
+            one, tokenizer_dir=tokenizer_dir, out_dir=tmp_path, cfg=cfg, seed=0
+        )
+    assert not list(tmp_path.iterdir())  # nothing written
+    two = [*one, Document("b.txt", load_bbc_news()[5].text, "train")]
+    two.append(Document("c.txt", load_bbc_news()[6].text, "validation"))
+    stats = write_pretraining_examples(
+        two, tokenizer_dir=tokenizer_dir, out_dir=tmp_path / "out", cfg=cfg, seed=0
+    )
+    assert 0 < stats["random_next_share"] < 1
+    assert "validation split has one document" in caplog.text

@@ -12,6 +12,7 @@ texts for the tokenizer, of examples for pretraining).
 
 from __future__ import annotations
 
+import csv
 import functools
 import glob
 import hashlib
@@ -19,6 +20,7 @@ import itertools
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from importlib.resources import files
@@ -131,17 +133,24 @@ def _text_file_documents(pattern: str) -> Iterator[Document]:
 
 # --- Hugging Face datasets ----------------------------------------------------------------------
 
-_DATA_FILE_BUILDERS = {
-    ".json": "json",
-    ".jsonl": "json",
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".txt": "text",
+# datasets' builder for a local data file, and its options (TSV cells are literal, as in tasks)
+_DATA_FILE_BUILDERS: dict[str, tuple[str, dict]] = {
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"sep": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False}),
+    ".parquet": ("parquet", {}),
+    ".txt": ("text", {}),
 }
 
 
 def _load_hf_dataset(cfg: CorpusConfig):
-    """A `datasets.Dataset` from a saved dataset, a local data directory/file or the hub."""
+    """A `datasets.Dataset` from a saved dataset, a local data directory/file or the hub.
+
+    Local files are parsed into a temporary cache that is removed right away (the dataset is
+    kept in memory): nothing is written outside the run's outputs. Hub datasets use the
+    Hugging Face cache, where they are downloaded.
+    """
     import datasets
 
     target = cfg.path or cfg.name
@@ -162,15 +171,23 @@ def _load_hf_dataset(cfg: CorpusConfig):
                 loaded = loaded[cfg.split]
             return loaded
         if local.is_file():
-            builder = _DATA_FILE_BUILDERS.get(local.suffix.lower())
-            if builder is None:
+            if local.suffix.lower() not in _DATA_FILE_BUILDERS:
                 raise DataError(
                     f"corpus.path={cfg.path} is not a {'/'.join(_DATA_FILE_BUILDERS)} file; "
                     "use corpus=text_files for plain text"
                 )
-            return datasets.load_dataset(builder, data_files=str(local), split=cfg.split)
+            builder, options = _DATA_FILE_BUILDERS[local.suffix.lower()]
+            with tempfile.TemporaryDirectory(prefix="bertforge-corpus-") as cache:
+                return datasets.load_dataset(
+                    builder, data_files=str(local), split=cfg.split, cache_dir=cache,
+                    keep_in_memory=True, **options,
+                )  # fmt: skip
         if local.is_dir():
-            return datasets.load_dataset(str(local), cfg.config_name, split=cfg.split)
+            with tempfile.TemporaryDirectory(prefix="bertforge-corpus-") as cache:
+                return datasets.load_dataset(
+                    str(local), cfg.config_name, split=cfg.split, cache_dir=cache,
+                    keep_in_memory=True,
+                )  # fmt: skip
         return datasets.load_dataset(cfg.name, cfg.config_name, split=cfg.split)
     except (OSError, ValueError) as err:  # FileNotFoundError, ConnectionError, bad split
         lines = str(err).strip().splitlines()

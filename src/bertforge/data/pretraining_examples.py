@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import random
 from array import array
 from collections.abc import Iterable, Iterator
@@ -28,6 +29,8 @@ import numpy as np
 
 from bertforge.data.corpus import DOCUMENTS_HINT, iter_sentences
 from bertforge.errors import DataError
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 NEXT = 0  # segment B follows segment A
@@ -320,6 +323,24 @@ def write_examples(tokens: np.ndarray, spans: np.ndarray, special: SpecialIds, o
 # --- The stage's entry ---------------------------------------------------------------------
 
 
+def _check_nsp_documents(split: str, documents: int) -> None:
+    """NSP draws its negatives (segment B of another document) from the same split: with one
+    document there are none (random_next_share 0, validation NSP accuracy trivially 1)."""
+    if split == "train":
+        raise DataError(
+            f"pretrain.objective=mlm_nsp needs at least 2 training documents to draw NSP "
+            f"negatives from, but the corpus' training split has {documents} ({SPLIT_HINT}); "
+            "use pretrain=mlm_only, or add documents"
+        )
+    if documents == 1:
+        log.warning(
+            "the corpus' %s split has one document: its NSP pairs are all true continuations, "
+            "so its NSP accuracy means nothing (%s); add documents or use pretrain=mlm_only",
+            split,
+            SPLIT_HINT,
+        )
+
+
 def write_pretraining_examples(documents, *, tokenizer_dir: Path, out_dir: Path, cfg, seed: int):
     """Tokenise the corpus once and save train/validation examples as Arrow under `out_dir`.
 
@@ -336,6 +357,8 @@ def write_pretraining_examples(documents, *, tokenizer_dir: Path, out_dir: Path,
     def build(split: str, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
         texts = (doc.text for doc in documents if doc.split == split)
         tokens = tokenize_split(texts, tokenizer, cfg.tokenize_chunk_chars)
+        if nsp and tokens.num_documents < 2:
+            _check_nsp_documents(split, tokens.num_documents)
         spans = example_spans(
             tokens, max_tokens, cfg.short_seq_prob, nsp, cfg.dupe_factor, split_seed
         )
