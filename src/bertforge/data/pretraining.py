@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from bertforge.data.padding import pad_rows
 from bertforge.data.pretraining_examples import (  # noqa: F401 (re-exported for the stages)
     IGNORE_INDEX,
     NEXT,
@@ -40,14 +41,13 @@ class MaskedLanguageModelingCollator:
     def __call__(
         self, rows: list[dict], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        lengths = [len(row["input_ids"]) for row in rows]
-        batch, width = len(rows), max(lengths)
-        input_ids = torch.full((batch, width), self.special.pad, dtype=torch.long)
-        token_type_ids = torch.zeros((batch, width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : lengths[i]] = torch.as_tensor(row["input_ids"])
-            token_type_ids[i, : lengths[i]] = torch.as_tensor(row["token_type_ids"])
-        attention_mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+        input_ids, token_type_ids, attention_mask = pad_rows(
+            [row["input_ids"] for row in rows],
+            [row["token_type_ids"] for row in rows],
+            self.special.pad,
+        )
+        attention_mask = attention_mask.bool()
+        batch, width = input_ids.shape
 
         candidates = attention_mask & ~torch.isin(input_ids, self.special_tensor)  # (B, T)
         masked = candidates & (torch.rand(batch, width, generator=generator) < self.mask_rate)
