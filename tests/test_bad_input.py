@@ -60,11 +60,15 @@ def write_bad_files(inputs: Path) -> None:
         "text,label\ncaf\xe9 cr\xe8me,pos\nbad,neg\n".encode("cp1252")
     )
     (inputs / "empty.csv").write_bytes(b"")
+    (inputs / "empty_label.csv").write_text("text,label\nwhat a film,pos \nmeh,\nawful,neg\n")
     (inputs / "scores.csv").write_text("text,score\nclose,4.5\nfar,high\n", encoding="utf-8")
     (inputs / "corpus_cp1252.txt").write_bytes(
         "The caf\xe9 opened in March. Prices rose \x80 5 a cup.".encode("latin-1")
     )
     (inputs / "corpus_empty.txt").write_bytes(b"")
+    (inputs / "corpus_one_doc.txt").write_text(
+        "".join(f"Sentence number {n} of the only document. " for n in range(300)) + "\n"
+    )
     rte = inputs / "glue" / "RTE"
     rte.mkdir(parents=True, exist_ok=True)
     header = "index\tsentence1\tsentence2\tlabel\n"
@@ -113,6 +117,12 @@ def write_bad_checkpoints(hf: Path, inputs: Path) -> None:
     foreign = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     foreign.pre_tokenizer = pre_tokenizers.Whitespace()
     foreign.save(str(big / "tokenizer.json"))
+    # A tokenizer of 77 tokens (with BERT's special tokens) next to the 800-token table.
+    small_vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"])}
+    small_vocab |= {"[MASK]": 4} | {f"word{i}": i + 5 for i in range(72)}
+    small = Tokenizer(models.WordPiece(small_vocab, unk_token="[UNK]"))
+    small.pre_tokenizer = pre_tokenizers.Whitespace()
+    small.save(str(copy("small_tokenizer") / "tokenizer.json"))
 
     wrong_vocab = copy("config_vocab")
     config = json.loads((hf / "config.json").read_text())
@@ -265,6 +275,9 @@ CASES = [
     case("tokenizer-larger-than-model-vocab", "finetune.py",
          ["finetune.init=hf", "finetune.hf_model={inputs}/foreign_tokenizer"],
          "has 30522 tokens but the model's vocab_size is 800", "finetune"),
+    case("tokenizer-far-smaller-than-model-vocab", "finetune.py",
+         ["finetune.init=hf", "finetune.hf_model={inputs}/small_tokenizer"],
+         "has 77 tokens but the model's vocab_size is 800", "finetune"),
     case("config-vocab-size-disagrees-with-weights", "extract.py",
          ["extract.source=hf", "extract.hf_model={inputs}/config_vocab"],
          "checkpoint shape (800, 128) does not match the model's (900, 128); check the config "
@@ -297,6 +310,8 @@ CASES = [
          "cp1252.csv is not UTF-8 (invalid byte at offset 14); re-save it as UTF-8", "finetune"),
     case("zero-byte-task-file", "finetune.py", [*LOCAL, "task.train_file={inputs}/empty.csv"],
          "empty.csv is empty (0 bytes); point the task at a file with examples", "finetune"),
+    case("empty-label-cell", "finetune.py", [*LOCAL, "task.train_file={inputs}/empty_label.csv"],
+         "empty_label.csv, line 3: empty label in column 'label'; fill it in", "finetune"),
     # -- corpus and pretraining -----------------------------------------------------------------
     case("windows-1252-corpus", "pretrain.py",
          ["corpus=text_files", "corpus.path={inputs}/corpus_cp1252.txt"],
@@ -304,6 +319,10 @@ CASES = [
     case("zero-byte-corpus", "pretrain.py",
          ["corpus=text_files", "corpus.path={inputs}/corpus_empty.txt"],
          "has no text: every document is blank; point the corpus at text", "tokenizer"),
+    case("nsp-on-one-document", "pretrain.py",
+         ["corpus=text_files", "corpus.path={inputs}/corpus_one_doc.txt"],
+         "documents are separated by blank lines, or one per file); use pretrain=mlm_only",
+         "pretrain_data"),
     case("corpus-path-missing", "pretrain.py",
          ["corpus=text_files", "corpus.path={inputs}/no_such_corpus"],
          "no_such_corpus does not exist; point corpus.path at an existing file or directory"),

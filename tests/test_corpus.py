@@ -80,7 +80,7 @@ def test_text_file_single(tmp_path):
     path = tmp_path / "one.txt"
     path.write_text("First line.\nSecond line.\n", encoding="utf-8")
     (doc,) = text_files(path)
-    assert doc == Document("one.txt", "First line.\nSecond line.", split_for("one.txt"))
+    assert doc == Document("one.txt", "First line.\nSecond line.", "train")
 
 
 def test_text_file_blank_line_blocks(tmp_path):
@@ -212,3 +212,92 @@ def test_split_sentences_korean_and_cjk():
 
 def test_split_sentences_blank():
     assert split_sentences("  \n\n ") == []
+
+
+def test_iter_sentences_reads_lines_as_splitlines_does():
+    from bertforge.data.corpus import _paragraph_sentences, iter_sentences
+
+    text = (
+        "First one. Second one!\r\nThird\x0bfourth.\x0cFifth\x1csixth\x1dseventh\x1eeighth"
+        "\x85ninth\u2028tenth\u2029eleventh\r\rtwelfth\n\n  \nMr. Smith went. He left.\n"
+    )
+    expected = [s for line in text.splitlines() for s in _paragraph_sentences(line) if s]
+    assert list(iter_sentences(text)) == split_sentences(text) == expected
+    assert len(expected) == 14
+    for doc in load_bbc_news()[:50]:
+        lines = doc.text.splitlines()
+        assert split_sentences(doc.text) == [
+            s for line in lines for s in _paragraph_sentences(line) if s
+        ]
+
+
+# --- splits of text files: by document, by text ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["wiki.txt", "corpus.txt"])
+def test_a_one_document_corpus_trains_whatever_its_name(tmp_path, name):
+    """The split was a hash of the file name: wiki.txt landed in validation, leaving no
+    training document."""
+    path = tmp_path / name
+    path.write_text("One long article. With many sentences.\nAnd lines.\n", encoding="utf-8")
+    (doc,) = text_files(path)
+    assert (doc.id, doc.split) == (name, "train")
+
+
+def test_blocks_are_split_by_their_text(tmp_path):
+    blocks = [f"Paragraph {n} talks about topic {n * 7 % 13}." for n in range(60)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "wiki.txt").write_text("\n\n".join(blocks), encoding="utf-8")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "renamed.txt").write_text("\n\n".join(blocks[::-1]), encoding="utf-8")
+    docs = text_files(tmp_path / "a" / "wiki.txt")
+    assert [(doc.id, doc.text) for doc in docs[:2]] == [
+        ("wiki.txt#0", blocks[0]),
+        ("wiki.txt#1", blocks[1]),
+    ]
+    assert [doc.split for doc in docs] == [split_for(block) for block in blocks]
+    assert {"train", "validation", "test"} == {doc.split for doc in docs}
+    moved = {doc.text: doc.split for doc in text_files(tmp_path / "b" / "renamed.txt")}
+    assert moved == {doc.text: doc.split for doc in docs}
+
+
+def test_no_document_in_training_split_trains_on_all(tmp_path, caplog):
+    held_out = [t for t in (f"Note number {n}." for n in range(100)) if split_for(t) != "train"]
+    path = tmp_path / "notes.txt"
+    path.write_text("\n\n".join(held_out[:3]), encoding="utf-8")
+    docs = text_files(path)
+    assert [(doc.text, doc.split) for doc in docs] == [(t, "train") for t in held_out[:3]]
+    assert "documents are separated by blank lines, or one per file" in caplog.text
+
+
+def test_blank_text_files_error_says_how_documents_are_separated(tmp_path):
+    (tmp_path / "a.txt").write_text(" \n\n \n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"at text \(documents are separated by blank lines, or"):
+        text_files(tmp_path)
+
+
+def test_embedded_split_is_unchanged():
+    docs = load_bbc_news()
+    assert all(doc.split == split_for(doc.id) for doc in docs)
+    assert Counter(doc.split for doc in docs) == {"train": 1753, "validation": 233, "test": 239}
+
+
+def test_hf_dataset_reads_a_tsv_file_literally_and_caches_nothing(tmp_path, monkeypatch):
+    """corpus=hf_dataset rejected .tsv while task=local_files accepted it; local files used to
+    leave an Arrow cache in the user's HF cache."""
+    import tempfile
+
+    import datasets
+
+    hf_cache, temp = tmp_path / "hf_cache", tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", hf_cache)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    path = tmp_path / "reviews.tsv"
+    path.write_text('id\tdocument\tlabel\n1\t"Quoted, at the start. Fine.\t1\n2\tNA\t0\n3\t\t1\n')
+    docs = hf(path=str(path), text_column="document")
+    assert [(doc.id, doc.text) for doc in docs] == [
+        ("0", '"Quoted, at the start. Fine.'),
+        ("1", "NA"),
+    ]
+    assert list(temp.iterdir()) == [] and not hf_cache.exists()

@@ -334,3 +334,50 @@ def test_untied_decoder_and_unknown_tensors_are_rejected(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(bert_config_to_hf_dict(cfg)))
     loaded, _ = read_hf_checkpoint(tmp_path)
     assert loaded.keys() == sd.keys()
+
+
+def small_tokenizer(words: int, specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(specials)}
+    vocab |= {f"word{i}": len(specials) + i for i in range(words)}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tokenizer
+
+
+def checkpoint_with_tokenizer(path: Path, tokenizer, vocab_size: int = VOCAB) -> Path:
+    cfg = tiny_config(vocab_size=vocab_size)
+    export_hf(BertForPreTraining(cfg), cfg, path)
+    tokenizer.save(str(path / "tokenizer.json"))
+    return path
+
+
+def test_own_size_tokenizer_is_accepted(tmp_path):
+    checkpoint_with_tokenizer(tmp_path, small_tokenizer(VOCAB - 5))
+    assert read_hf_checkpoint(tmp_path)[1].vocab_size == VOCAB
+    checkpoint_with_tokenizer(tmp_path, small_tokenizer(VOCAB // 2 - 5))  # half: still ours
+    read_hf_checkpoint(tmp_path)
+
+
+def test_foreign_small_tokenizer_is_an_error_naming_the_fix(tmp_path):
+    """A 77-token tokenizer next to a 1000-row embedding table used to be accepted silently."""
+    checkpoint_with_tokenizer(tmp_path, small_tokenizer(72), vocab_size=1000)
+    with pytest.raises(
+        CheckpointError,
+        match=r"tokenizer.json has 77 tokens but the model's vocab_size is 1000 .*not this "
+        r"model's tokenizer.*put the tokenizer the model was trained with into that directory",
+    ):
+        read_hf_checkpoint(tmp_path)
+
+
+def test_tokenizer_without_bert_special_tokens_is_an_error(tmp_path):
+    specials = ("<pad>", "[UNK]", "<s>", "</s>", "[MASK]")
+    checkpoint_with_tokenizer(tmp_path, small_tokenizer(VOCAB - 5, specials))
+    with pytest.raises(CheckpointError, match=r"tokenizer.json lacks \[CLS\], \[SEP\], \[PAD\]"):
+        read_hf_checkpoint(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    tokens = [*specials, *(f"w{i}" for i in range(VOCAB - 5))]
+    (tmp_path / "vocab.txt").write_text("".join(f"{token}\n" for token in tokens))
+    with pytest.raises(CheckpointError, match=r"vocab.txt lacks \[CLS\], \[SEP\], \[PAD\]"):
+        read_hf_checkpoint(tmp_path)

@@ -1,5 +1,7 @@
 import csv
+import json
 import os
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,11 +20,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from bertforge.config import TaskConfig
+from bertforge.data.task_metrics import build_metrics
 from bertforge.data.tasks import (
     TASKS,
     Example,
     TaskData,
-    build_metrics,
     get_task_spec,
     load_task,
     main_metric,
@@ -803,3 +805,125 @@ def test_stray_quotes_in_glue_tsv_do_not_merge_rows(tmp_path):
     write_tsv(tmp_path / "MRPC" / "dev.tsv", rows)
     assert len(list(csv.reader(path.open(), delimiter="\t"))) == 2  # what a quoting reader sees
     assert [e.text_a for e in glue("mrpc", tmp_path).splits["train"]] == ['"Open quote here', "c"]
+
+
+# --- Reading through `datasets` ----------------------------------------------------------------
+
+
+def test_registry_imports_neither_config_nor_torchmetrics():
+    """config.py derives the task names from TASKS: the registry must not import it back."""
+    code = (
+        "import sys, bertforge.data.tasks; "
+        "print(sorted(m for m in ('bertforge.config', 'torchmetrics', 'datasets') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("ext", "builder"),
+    [(".csv", "csv"), (".tsv", "csv"), (".jsonl", "json"), (".parquet", "parquet")],
+)
+def test_task_files_are_parsed_by_datasets_and_leave_no_cache(tmp_path, monkeypatch, ext, builder):
+    import tempfile
+
+    import datasets
+
+    calls = []
+    real = datasets.load_dataset
+
+    def spy(path, *args, **kwargs):
+        calls.append((path, kwargs.get("cache_dir")))
+        return real(path, *args, **kwargs)
+
+    hf_cache, temp = tmp_path / "hf_cache", tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(datasets, "load_dataset", spy)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", hf_cache)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    data = tmp_path / "data"
+    data.mkdir()
+    task = local(data, ext)
+    assert [e.label for e in task.splits["train"]] == [2, 0, 1]
+    assert {path for path, _ in calls} == {builder}
+    assert all(cache and Path(cache).parent == temp for _, cache in calls)
+    assert list(temp.iterdir()) == [] and not hf_cache.exists()  # the temporary cache is gone
+
+
+def test_empty_last_cells_are_text_not_missing_fields(tmp_path):
+    """A csv whose last column has empty cells is read again by the exact (python) parser:
+    empty cells stay "" and blank lines are skipped, while a short row is still an error."""
+    train = tmp_path / "train.csv"
+    train.write_text('label,text\npos,"a, b"\n\nneg,\n"pos",""\n')
+    task = load_task(local_cfg(train))
+    assert [(e.text_a, e.label, e.id) for e in task.splits["train"]] == [
+        ("a, b", 1, "train-0"),
+        ("", 0, "train-1"),
+        ("", 1, "train-2"),
+    ]
+    train.write_text("label,text\npos,a\n\nneg,\nneg\n")
+    with pytest.raises(DataError, match=r"train.csv, line 5: 1 fields where the header has 2"):
+        load_task(local_cfg(train))
+
+
+# --- Labels: whitespace and empty cells ------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_label_whitespace_is_stripped(tmp_path, ext):
+    rows = [{"text": "a", "label": "pos "}, {"text": "b", "label": "pos"}]
+    rows += [{"text": "c", "label": " neg"}]
+    task = load_task(local_cfg(write_table(tmp_path / f"train{ext}", rows)))
+    assert task.label_names == ["neg", "pos"]
+    assert [e.label for e in task.splits["train"]] == [1, 1, 0]
+
+
+EMPTY_LABELS = [
+    (ext, where, empty)
+    for ext, where in [
+        (".csv", "line 3"),
+        (".tsv", "line 3"),
+        (".jsonl", "line 2"),
+        (".parquet", "row 2"),
+    ]
+    for empty in ("", "  ", None)
+    if not (ext == ".tsv" and empty is None)  # a literal TSV would hold the text "None"
+]
+
+
+@pytest.mark.parametrize(("ext", "where", "empty"), EMPTY_LABELS)
+def test_empty_label_is_an_error_with_its_row(tmp_path, ext, where, empty):
+    rows = [{"text": "a", "label": "pos"}, {"text": "b", "label": empty}]
+    rows += [{"text": "c", "label": "neg"}]
+    train = write_table(tmp_path / f"train{ext}", rows)
+    with pytest.raises(
+        DataError, match=rf"train{ext}, {where}: empty label in column 'label'; fill it in"
+    ):
+        load_task(local_cfg(train))
+
+
+def test_glue_labels_are_stripped_and_empty_ones_rejected(tmp_path):
+    header = ["index", "sentence1", "sentence2", "label"]
+    write_tsv(tmp_path / "RTE" / "train.tsv", [header, ["0", "a", "b", "entailment "]])
+    write_tsv(tmp_path / "RTE" / "dev.tsv", [header, ["0", "a", "b", " not_entailment"]])
+    task = glue("rte", tmp_path)
+    assert [e.label for e in task.splits["train"] + task.splits["validation"]] == [0, 1]
+    write_tsv(
+        tmp_path / "RTE" / "dev.tsv", [header, ["0", "a", "b", "entailment"], ["1", "a", "b", ""]]
+    )
+    with pytest.raises(DataError, match=r"RTE/dev.tsv, line 3: empty label in column 'label'"):
+        glue("rte", tmp_path)
+
+
+def test_json_label_cells_of_mixed_types(tmp_path):
+    """A jsonl label column mixing numbers, text and lists is read (datasets' Json feature)."""
+    rows = [{"text": "a", "label": 1}, {"text": "b", "label": "pos"}]
+    rows += [{"text": "c", "label": [1]}, {"text": "d", "label": 1}]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = load_task(local_cfg(train))
+    assert task.label_names == ["1", "[1]", "pos"]
+    assert [e.label for e in task.splits["train"]] == [0, 2, 1, 0]

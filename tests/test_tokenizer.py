@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -154,3 +155,59 @@ def test_metrics(tok):
 def test_training_without_text():
     with pytest.raises(DataError, match="no text"):
         train_tokenizer(["", "  "], TokenizerConfig(vocab_size=100))
+
+
+def tiny_export(tmp_path: Path, tok) -> Path:
+    """A tiny HF BERT directory: export_hf of a fresh model plus our tokenizer files."""
+    from bertforge.hf import export_hf
+    from bertforge.model import BertConfig, BertForPreTraining
+
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    export = tmp_path / "hf"
+    export_hf(BertForPreTraining(config), config, export)
+    save_tokenizer(tok, export)
+    return export
+
+
+def test_export_with_model_max_length_truncates_in_transformers(tmp_path, tok):
+    """Without model_max_length in tokenizer_config.json, transformers keeps all 300+ tokens and
+    the model fails at position 65 ("tensor a (3xx) must match tensor b (64)")."""
+    import transformers
+
+    from bertforge.data.tokenizer import write_model_max_length
+
+    export = tiny_export(tmp_path, tok)
+    long_text = " ".join(["The markets rose again as shares in tech firms climbed."] * 30)
+    assert len(tok.encode(long_text).ids) > 300
+    write_model_max_length(export, 64)
+    config = json.loads((export / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == 64 and config["mask_token"] == "[MASK]"
+    extract = transformers.pipeline("feature-extraction", model=str(export), device="cpu")
+    features = extract(long_text, truncation=True, return_tensors=True)
+    assert tuple(features.shape) == (1, 64, 32)
+    fill = transformers.pipeline("fill-mask", model=str(export), device="cpu")
+    masked = long_text.replace("rose", "[MASK]", 1)
+    assert len(fill(masked, tokenizer_kwargs={"truncation": True})) == 5
+
+
+def test_model_max_length_keeps_a_smaller_one_and_other_keys(tmp_path):
+    from bertforge.data.tokenizer import write_model_max_length
+
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"do_lower_case": False, "model_max_length": 256})
+    )
+    write_model_max_length(tmp_path, 512)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text()) == {
+        "do_lower_case": False,
+        "model_max_length": 256,
+    }
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 10**30}))
+    write_model_max_length(tmp_path, 512)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["model_max_length"] == 512

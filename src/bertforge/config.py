@@ -115,6 +115,9 @@ class ExampleConfig:
     max_seq_length: int = 128  # tokens per example, [CLS] and [SEP] included
     short_seq_prob: float = 0.1  # share of examples with a shorter random target length
     dupe_factor: int = 2  # passes over the corpus with different NSP pairings
+    # Characters tokenised at a time while building the examples: bounds that step's memory
+    # (~300 bytes a character in flight); the examples are the same for any value.
+    tokenize_chunk_chars: int = watch_only(100_000)
 
     def __post_init__(self) -> None:
         check_choice("pretrain.objective", self.objective, ("mlm_nsp", "mlm_only"))
@@ -124,8 +127,9 @@ class ExampleConfig:
                 "[CLS] A [SEP] B [SEP]; use at least 8"
             )
         check_share("pretrain.short_seq_prob", self.short_seq_prob)
-        if self.dupe_factor < 1:
-            raise ConfigError("pretrain.dupe_factor must be >= 1")
+        for key in ("dupe_factor", "tokenize_chunk_chars"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"pretrain.{key}={getattr(self, key)} must be >= 1")
 
 
 @dataclass

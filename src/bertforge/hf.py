@@ -339,17 +339,22 @@ def read_hf_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], BertC
     return sd, cfg
 
 
+BERT_SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[MASK]", "[PAD]")
+
+
 def _check_tokenizer_fits(path: Path, vocab_size: int, config_file: Path) -> None:
-    """The checkpoint's tokenizer (tokenizer.json, else vocab.txt) gives only ids the model's
-    word embeddings have; a tokenizer from another model would index past the table."""
+    """The checkpoint's tokenizer (tokenizer.json, else vocab.txt) is the model's own: its ids fit
+    the word embeddings, it fills at least half of them and it has BERT's special tokens. A
+    tokenizer from another model indexes past the table, or (far smaller) maps words to rows
+    trained for other words."""
     tokenizer_file, vocab_file = path / "tokenizer.json", path / "vocab.txt"
     try:
         if tokenizer_file.is_file():
             source = tokenizer_file
-            ids = Tokenizer.from_file(str(source)).get_vocab(with_added_tokens=True).values()
+            vocab = Tokenizer.from_file(str(source)).get_vocab(with_added_tokens=True)
         elif vocab_file.is_file():
             source = vocab_file
-            ids = models.WordPiece.read_file(str(source)).values()
+            vocab = models.WordPiece.read_file(str(source))
         else:
             return  # no tokenizer here: the caller reports that where it needs one
     except Exception:  # the bindings raise a bare Exception for unreadable or invalid files
@@ -357,12 +362,24 @@ def _check_tokenizer_fits(path: Path, vocab_size: int, config_file: Path) -> Non
             f"{source} is not a readable tokenizer file; save the checkpoint's tokenizer into "
             f"{path} again (tokenizer.save_pretrained())"
         ) from None
-    size = max(ids, default=-1) + 1
+    size = max(vocab.values(), default=-1) + 1
+    fix = "put the tokenizer the model was trained with into that directory"
     if size > vocab_size:
         raise CheckpointError(
             f"{source} has {size} tokens but the model's vocab_size is {vocab_size} "
-            f"({config_file}); token ids from {vocab_size} on have no embedding: put the "
-            "tokenizer the model was trained with into that directory"
+            f"({config_file}); token ids from {vocab_size} on have no embedding: {fix}"
+        )
+    if size < vocab_size / 2:
+        raise CheckpointError(
+            f"{source} has {size} tokens but the model's vocab_size is {vocab_size} "
+            f"({config_file}): it is not this model's tokenizer (ids would select embeddings "
+            f"trained for other tokens); {fix}"
+        )
+    missing = [token for token in BERT_SPECIAL_TOKENS if token not in vocab]
+    if missing:
+        raise CheckpointError(
+            f"{source} lacks {', '.join(missing)}, which a BERT tokenizer has: it is not this "
+            f"model's tokenizer; {fix}"
         )
 
 

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tokenizers import Encoding, Tokenizer
 from torch import nn
 
+from bertforge.data.padding import pad_rows
 from bertforge.errors import ConfigError, DataError
 from bertforge.model import BertModel
 
@@ -85,15 +86,11 @@ def encode_batch(
 
     hidden_states: L + 1 tensors (B, T, H); mask: (B, T) with 1 for real tokens.
     """
-    T = max(len(e.ids) for e in encodings)
-    ids = np.full((len(encodings), T), bert.config.pad_token_id, dtype=np.int64)
-    types = np.zeros_like(ids)
-    mask = np.zeros_like(ids)
-    for row, e in enumerate(encodings):
-        n = len(e.ids)
-        ids[row, :n], types[row, :n], mask[row, :n] = e.ids, e.type_ids, 1
+    padded = pad_rows(
+        [e.ids for e in encodings], [e.type_ids for e in encodings], bert.config.pad_token_id
+    )
     device = next(bert.parameters()).device
-    ids_t, types_t, mask_t = (torch.from_numpy(a).to(device) for a in (ids, types, mask))
+    ids_t, types_t, mask_t = (tensor.to(device) for tensor in padded)
     out = bert(
         ids_t, types_t, mask_t, output_hidden_states=True, output_attentions=output_attentions
     )

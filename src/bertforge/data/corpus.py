@@ -1,26 +1,38 @@
 """Text sources -> documents -> sentences.
 
 `load_documents` turns the `corpus` config into a list of `Document`s with a fixed
-train/validation/test split; `split_sentences` cuts a document into sentences for NSP pairs.
+train/validation/test split (80/10/10 by a hash: of the document id for the embedded BBC News
+and for hf_dataset rows, of the document's text for text_files, whose documents are files or
+blank-line-separated blocks of a file); `split_sentences` cuts a document into sentences.
+
+A corpus whose documents all hash outside the training split (a few documents, or one file
+that is one document) trains on all of them; the stages then hold out the tail (the last 5% of
+texts for the tokenizer, of examples for pretraining).
 """
 
 from __future__ import annotations
 
+import csv
 import functools
 import glob
 import hashlib
 import itertools
+import logging
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 
 from bertforge.config import CorpusConfig
 from bertforge.errors import DataError
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "validation", "test")
+DOCUMENTS_HINT = "documents are separated by blank lines, or one per file"
 
 
 @dataclass(frozen=True)
@@ -31,19 +43,20 @@ class Document:
     label: str | None = None
 
 
-def split_for(doc_id: str) -> str:
-    """The fixed split of a document: 80/10/10 by a SHA-256 hash of its id."""
-    bucket = int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:8], "big") % 100
+def split_for(key: str) -> str:
+    """The fixed split of a document: 80/10/10 by a SHA-256 hash of `key` (its id, or for
+    text_files its text)."""
+    bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 100
     return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
 
 
 def split_texts(documents: Iterable[Document]) -> tuple[list[str], list[str]]:
-    """Training texts and held-out texts (validation/test documents, else the last 5%)."""
+    """Training texts and held-out texts (validation/test documents, else the last 5%).
+    `load_documents` always gives training documents (a corpus too small to split trains on
+    all of them)."""
     documents = list(documents)
     train = [d.text for d in documents if d.split == "train"]
     held_out = [d.text for d in documents if d.split != "train"]
-    if not train:
-        raise DataError("the corpus has no documents in its training split; add more documents")
     if not held_out:
         n = max(1, len(train) // 20)
         train, held_out = (train[:-n], train[-n:]) if len(train) > n else (train, train)
@@ -120,32 +133,37 @@ def _read_utf8(path: Path) -> str:
 
 
 def _text_file_documents(pattern: str) -> Iterator[Document]:
-    """One document per file, or one per blank-line-separated block (ids `<path>#<n>`)."""
+    """One document per file, or one per blank-line-separated block (ids `<path>#<n>`), each
+    split by its text: renaming or reordering files and blocks moves no document."""
     paths, base = _text_file_paths(pattern)
     for path in paths:
         rel = path.relative_to(base).as_posix()
-        blocks = [b for b in _BLANK_LINE.split(_read_utf8(path)) if b.strip()]
-        if len(blocks) == 1:
-            yield Document(rel, blocks[0].strip(), split_for(rel))
-            continue
+        blocks = [b.strip() for b in _BLANK_LINE.split(_read_utf8(path)) if b.strip()]
         for n, block in enumerate(blocks):
-            doc_id = f"{rel}#{n}"
-            yield Document(doc_id, block.strip(), split_for(doc_id))
+            doc_id = rel if len(blocks) == 1 else f"{rel}#{n}"
+            yield Document(doc_id, block, split_for(block))
 
 
 # --- Hugging Face datasets ----------------------------------------------------------------------
 
-_DATA_FILE_BUILDERS = {
-    ".json": "json",
-    ".jsonl": "json",
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".txt": "text",
+# datasets' builder for a local data file, and its options (TSV cells are literal, as in tasks)
+_DATA_FILE_BUILDERS: dict[str, tuple[str, dict]] = {
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"sep": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False}),
+    ".parquet": ("parquet", {}),
+    ".txt": ("text", {}),
 }
 
 
 def _load_hf_dataset(cfg: CorpusConfig):
-    """A `datasets.Dataset` from a saved dataset, a local data directory/file or the hub."""
+    """A `datasets.Dataset` from a saved dataset, a local data directory/file or the hub.
+
+    Local files are parsed into a temporary cache that is removed right away (the dataset is
+    kept in memory): nothing is written outside the run's outputs. Hub datasets use the
+    Hugging Face cache, where they are downloaded.
+    """
     import datasets
 
     target = cfg.path or cfg.name
@@ -166,15 +184,23 @@ def _load_hf_dataset(cfg: CorpusConfig):
                 loaded = loaded[cfg.split]
             return loaded
         if local.is_file():
-            builder = _DATA_FILE_BUILDERS.get(local.suffix.lower())
-            if builder is None:
+            if local.suffix.lower() not in _DATA_FILE_BUILDERS:
                 raise DataError(
                     f"corpus.path={cfg.path} is not a {'/'.join(_DATA_FILE_BUILDERS)} file; "
                     "use corpus=text_files for plain text"
                 )
-            return datasets.load_dataset(builder, data_files=str(local), split=cfg.split)
+            builder, options = _DATA_FILE_BUILDERS[local.suffix.lower()]
+            with tempfile.TemporaryDirectory(prefix="bertforge-corpus-") as cache:
+                return datasets.load_dataset(
+                    builder, data_files=str(local), split=cfg.split, cache_dir=cache,
+                    keep_in_memory=True, **options,
+                )  # fmt: skip
         if local.is_dir():
-            return datasets.load_dataset(str(local), cfg.config_name, split=cfg.split)
+            with tempfile.TemporaryDirectory(prefix="bertforge-corpus-") as cache:
+                return datasets.load_dataset(
+                    str(local), cfg.config_name, split=cfg.split, cache_dir=cache,
+                    keep_in_memory=True,
+                )  # fmt: skip
         return datasets.load_dataset(cfg.name, cfg.config_name, split=cfg.split)
     except (OSError, ValueError) as err:  # FileNotFoundError, ConnectionError, bad split
         lines = str(err).strip().splitlines()
@@ -222,9 +248,19 @@ def load_documents(cfg: CorpusConfig) -> list[Document]:
         where = f"hf_dataset {cfg.path or cfg.name}"
     kept = list(itertools.islice((d for d in docs if d.text.strip()), cfg.max_documents))
     if not kept:
+        hint = f" ({DOCUMENTS_HINT})" if cfg.source == "text_files" else ""
         raise DataError(
-            f"corpus {where} has no text: every document is blank; point the corpus at text"
+            f"corpus {where} has no text: every document is blank; point the corpus at text{hint}"
         )
+    if not any(doc.split == "train" for doc in kept):
+        log.warning(
+            "corpus %s: none of its %d documents hashes into the training split; all of them "
+            "train and the stages hold out the tail (%s)",
+            where,
+            len(kept),
+            DOCUMENTS_HINT,
+        )
+        kept = [replace(doc, split="train") for doc in kept]
     return kept
 
 
@@ -275,12 +311,19 @@ def _paragraph_sentences(paragraph: str) -> Iterator[str]:
     yield paragraph[start:].strip()
 
 
+# The line boundaries of str.splitlines, for reading lines without a list of all of them
+_LINE = re.compile("[^\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
+
+
+def iter_sentences(text: str) -> Iterator[str]:
+    """The sentences of `split_sentences`, one at a time (a long text is never copied whole)."""
+    for line in _LINE.finditer(text):
+        for sentence in _paragraph_sentences(line[0]):
+            if sentence:
+                yield sentence
+
+
 def split_sentences(text: str) -> list[str]:
     """Split `text` into sentences: at newlines, then after . ! ? (and CJK full stops) that are
     followed by a sentence start, skipping abbreviations (Mr., e.g., U.S., J. Smith)."""
-    return [
-        sentence
-        for paragraph in text.splitlines()
-        for sentence in _paragraph_sentences(paragraph)
-        if sentence
-    ]
+    return list(iter_sentences(text))

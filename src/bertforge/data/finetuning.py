@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from torch.utils.data import DataLoader
 
+from bertforge.data.padding import pad_rows
 from bertforge.data.resumable import ResumableLoader
 from bertforge.data.tasks import Example, TaskData
 from bertforge.data.tokenizer import (
@@ -80,17 +81,13 @@ class PaddingCollator:
         self.label_dtype = torch.float if regression else torch.long
 
     def __call__(self, rows: list[dict], generator=None) -> dict[str, torch.Tensor]:
-        lengths = torch.tensor([len(row["input_ids"]) for row in rows])
-        batch, width = len(rows), int(lengths.max())
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        token_type_ids = torch.zeros((batch, width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : lengths[i]] = torch.as_tensor(row["input_ids"])
-            token_type_ids[i, : lengths[i]] = torch.as_tensor(row["token_type_ids"])
+        input_ids, token_type_ids, attention_mask = pad_rows(
+            [row["input_ids"] for row in rows], [row["token_type_ids"] for row in rows], self.pad_id
+        )
         return {
             "input_ids": input_ids,
             "token_type_ids": token_type_ids,
-            "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long(),
+            "attention_mask": attention_mask,
             "labels": torch.tensor([row["label"] for row in rows], dtype=self.label_dtype),
         }
 

@@ -1,35 +1,26 @@
-"""GLUE-style fine-tuning tasks: where the examples come from, their label space and metrics.
+"""GLUE-style fine-tuning tasks: the registry of their label spaces, metrics and file layouts.
 
 `TASKS` maps each task name to a `TaskSpec`; `load_task` turns a `TaskConfig` into `TaskData`
-(examples per split); `build_metrics` returns the torchmetrics collection a task reports.
+(examples per split). The task files are read in `bertforge.data.task_files` (through
+`datasets`), the metrics are built in `bertforge.data.task_metrics`.
 
 Sources: GLUE TSV files in the standard `glue_data/<TASK>/` layout (`task.data_dir`), the GLUE
 datasets on the Hugging Face Hub (`task.source=hub`), the embedded BBC News topic task, and the
 user's own csv / tsv / jsonl / parquet files (`task=local_files`).
+
+This module imports neither `bertforge.config` (which derives the task names from `TASKS`) nor
+torchmetrics, so that importing the registry stays cheap.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import logging
-import math
-import warnings
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from torchmetrics import MetricCollection
-from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef
-from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
+from typing import TYPE_CHECKING
 
 from bertforge.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from bertforge.config import TaskConfig
-
-log = logging.getLogger(__name__)
 
 BINARY_FILE_LABELS = ("0", "1")
 GLUE_FILES = (("train", "train.tsv"), ("validation", "dev.tsv"))
@@ -40,7 +31,6 @@ MNLI_FILES = (
 )
 # MNLI evaluates two splits; their metrics carry these postfixes (accuracy_matched, ...).
 MNLI_POSTFIXES = {"validation": "_matched", "validation_mismatched": "_mismatched"}
-LOCAL_FILE_TYPES = (".csv", ".tsv", ".jsonl", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -57,9 +47,10 @@ class Example:
 class TaskSpec:
     """What a task is: its label space, its metrics, and where its columns sit in the files.
 
-    `metrics` are the keys of `build_metrics`: accuracy, f1 (binary f1 of class 1 with two labels,
-    macro f1 with more), mcc, pearson, spearman. `main_metric` is the reported name that early
-    stopping and checkpointing monitor (MNLI: `accuracy_matched`, see `metric_postfix`).
+    `metrics` are the keys of `task_metrics.build_metrics`: accuracy, f1 (binary f1 of class 1
+    with two labels, macro f1 with more), mcc, pearson, spearman. `main_metric` is the reported
+    name that early stopping and checkpointing monitor (MNLI: `accuracy_matched`, see
+    `metric_postfix`).
     """
 
     name: str
@@ -264,32 +255,6 @@ class TaskData:
         return (self.eval_split,)
 
 
-def build_metrics(task: TaskData, prefix: str = "", split: str | None = None) -> MetricCollection:
-    """The task's metrics, keyed `prefix + name + metric_postfix(task.name, split)`.
-
-    Update with class indices for classification: preds = logits.argmax(-1), shape (B,), long,
-    and target (B,) long. Regression: preds (B,) float, target (B,) float.
-    """
-    num_labels = task.num_labels
-
-    def make(name: str) -> Any:
-        if name == "accuracy":
-            return Accuracy(task="multiclass", num_classes=num_labels)
-        if name == "f1" and num_labels == 2:
-            return F1Score(task="binary")
-        if name == "f1":
-            return F1Score(task="multiclass", num_classes=num_labels, average="macro")
-        if name == "mcc":
-            return MatthewsCorrCoef(task="binary")
-        return {"pearson": PearsonCorrCoef, "spearman": SpearmanCorrCoef}[name]()
-
-    postfix = metric_postfix(task.name, split) if split else ""
-    with warnings.catch_warnings():  # evaluation sets are small: keeping them in memory is fine
-        warnings.filterwarnings("ignore", "Metric `SpearmanCorrcoef` will save all targets")
-        metrics = {name: make(name) for name in task.spec.metrics}
-    return MetricCollection(metrics, prefix=prefix or None, postfix=postfix or None)
-
-
 def spread(rows: list, n: int) -> list:
     """`n` rows evenly spaced through `rows`, in order: a cap that keeps every class of a file
     sorted by label (BBC News is sorted by topic; its first 400 articles are all business)."""
@@ -304,11 +269,15 @@ def load_task(cfg: TaskConfig) -> TaskData:
     if cfg.name == "bbc_news":
         task = _load_bbc_news()
     elif cfg.name == "local_files":
-        task = _load_local_files(cfg)
+        from bertforge.data.task_examples import load_local_files
+
+        task = load_local_files(cfg)
     elif cfg.source == "hub":
         task = _load_glue_hub(spec, cfg)
     else:
-        task = _load_glue_local(spec, cfg)
+        from bertforge.data.task_examples import load_glue_files
+
+        task = load_glue_files(spec, cfg)
     if cfg.max_examples is not None:
         task.splits = {split: spread(rows, cfg.max_examples) for split, rows in task.splits.items()}
     return task
@@ -329,36 +298,6 @@ def _load_bbc_news() -> TaskData:
             )
         splits[doc.split].append(Example(doc.text, None, BBC_TOPICS.index(doc.label), doc.id))
     return TaskData("bbc_news", "classification", list(BBC_TOPICS), splits, eval_split="test")
-
-
-def _load_glue_local(spec: TaskSpec, cfg: TaskConfig) -> TaskData:
-    layout = " and ".join(f"{spec.glue_dir}/{file}" for _, file in spec.glue_files)
-    if not cfg.data_dir:
-        raise ConfigError(
-            f"task={spec.name} reads local GLUE files: set task.data_dir=<glue_data dir> holding "
-            f"{layout} (or task.source=hub)"
-        )
-    root = Path(cfg.data_dir)
-    if not root.is_dir():
-        raise DataError(f"task.data_dir={root} is not a directory; it must hold {layout}")
-    paths = {split: root / spec.glue_dir / file for split, file in spec.glue_files}
-    for path in paths.values():
-        if not path.is_file():
-            raise DataError(f"{path} not found; task.data_dir={root} must hold {layout}")
-    splits = {}
-    for split, path in paths.items():
-        table = _read_delimited(path, "\t", csv.QUOTE_NONE, spec.header, spec.skip_short_rows)
-        splits[split] = _examples(
-            table,
-            split,
-            spec.text_columns,
-            spec.label_column,
-            spec.task_type,
-            spec.file_labels,
-            user_columns=False,
-        )
-    label_names = list(spec.label_names) if spec.label_names else None
-    return TaskData(spec.name, spec.task_type, label_names, splits)
 
 
 def _load_glue_hub(spec: TaskSpec, cfg: TaskConfig) -> TaskData:
@@ -393,253 +332,3 @@ def _load_glue_hub(spec: TaskSpec, cfg: TaskConfig) -> TaskData:
     }
     label_names = list(spec.label_names) if spec.label_names else None
     return TaskData(spec.name, spec.task_type, label_names, splits)
-
-
-def _load_local_files(cfg: TaskConfig) -> TaskData:
-    files = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
-    tables = {
-        split: _read_local_file(getattr(cfg, key), f"task.{key}")
-        for split, key in files.items()
-        if getattr(cfg, key)
-    }
-    label_names = None
-    if cfg.task_type == "classification":
-        label_names = list(cfg.label_names or _discover_labels(tables["train"], cfg.label_column))
-    elif cfg.label_names:
-        raise ConfigError("task.label_names is only for classification; remove it for regression")
-    splits = {
-        split: _examples(
-            table,
-            split,
-            tuple(cfg.text_columns),
-            cfg.label_column,
-            cfg.task_type,
-            tuple(label_names) if label_names else None,
-            user_columns=True,
-        )
-        for split, table in tables.items()
-    }
-    eval_split = "test" if "test" in splits else "validation"
-    return TaskData("local_files", cfg.task_type, label_names, splits, eval_split)
-
-
-# --- Files ---------------------------------------------------------------------------------
-
-
-@dataclass
-class _Table:
-    """Rows of one file as {column: value}, each with its place in the file ("line 7").
-
-    A table has at least one row: every split needs examples.
-    """
-
-    path: Path
-    columns: list[str]
-    rows: list[tuple[str, dict[str, Any]]]
-
-    def __post_init__(self) -> None:
-        if not self.rows:
-            raise DataError(f"{self.path} has no examples; each split needs at least one row")
-
-
-def _read_local_file(name: str, key: str) -> _Table:
-    path = Path(name)
-    if path.suffix.lower() not in LOCAL_FILE_TYPES:
-        raise ConfigError(
-            f"{key}={name} has an unsupported extension; use one of {', '.join(LOCAL_FILE_TYPES)}"
-        )
-    if not path.is_file():
-        raise DataError(f"{path} not found; check {key}")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return _read_parquet(path)
-    if suffix == ".jsonl":
-        return _read_jsonl(path)
-    # TSV cells hold stray quotes (GLUE, NSMC): read them literally. CSV uses standard quoting.
-    if suffix == ".tsv":
-        return _read_delimited(path, "\t", csv.QUOTE_NONE)
-    return _read_delimited(path, ",", csv.QUOTE_MINIMAL)
-
-
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    if not data:
-        raise DataError(f"{path} is empty (0 bytes); point the task at a file with examples")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(
-            f"{path} is not UTF-8 (invalid byte at offset {err.start}); re-save it as UTF-8"
-        ) from None
-    return text.removeprefix("\ufeff")  # MRPC and Excel exports start with a byte-order mark
-
-
-def _check_columns(path: Path, columns: list[str]) -> None:
-    duplicated = sorted({c for c in columns if columns.count(c) > 1})
-    if duplicated:
-        raise DataError(
-            f"{path} has duplicated column names {', '.join(duplicated)}; rename them so each "
-            "column name is unique"
-        )
-
-
-def _read_delimited(
-    path: Path,
-    delimiter: str,
-    quoting: int,
-    header: tuple[str, ...] | None = None,
-    skip_short_rows: bool = False,
-) -> _Table:
-    """Read a csv / tsv file; `header` names the columns of a file without a header row."""
-    reader = csv.reader(
-        io.StringIO(_read_text(path), newline=""), delimiter=delimiter, quoting=quoting
-    )
-    rows: list[tuple[str, dict[str, Any]]] = []
-    columns = list(header) if header else None
-    skipped = 0
-    try:
-        for values in reader:
-            if not values:  # a blank line
-                continue
-            if columns is None:
-                columns = values
-                _check_columns(path, columns)
-                continue
-            if len(values) < len(columns) and skip_short_rows:
-                skipped += 1
-                continue
-            if len(values) != len(columns):
-                raise DataError(
-                    f"{path}, line {reader.line_num}: {len(values)} fields where the header has "
-                    f"{len(columns)}; fix or remove the row (is the file {delimiter!r}-separated?)"
-                )
-            rows.append((f"line {reader.line_num}", dict(zip(columns, values, strict=True))))
-    except csv.Error as err:
-        raise DataError(f"{path}, line {reader.line_num}: {err}; fix the row") from None
-    if skipped:
-        log.warning("%s: skipped %d rows with missing fields", path, skipped)
-    return _Table(path, columns or [], rows)
-
-
-def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    duplicated = sorted({key for key in keys if keys.count(key) > 1})
-    if duplicated:
-        raise ValueError(
-            f"duplicated column names {', '.join(duplicated)}; rename them so each key is unique"
-        )
-    return dict(pairs)
-
-
-def _read_jsonl(path: Path) -> _Table:
-    rows = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line, object_pairs_hook=_json_object)
-        except ValueError as err:
-            raise DataError(f"{path}, line {number}: {err}; fix the line") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}, line {number}: not a JSON object; write one object a line")
-        rows.append((f"line {number}", record))
-    columns = list(rows[0][1]) if rows else []
-    return _Table(path, columns, rows)
-
-
-def _read_parquet(path: Path) -> _Table:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if path.stat().st_size == 0:
-        raise DataError(f"{path} is empty (0 bytes); point the task at a file with examples")
-    try:
-        _check_columns(path, pq.read_schema(path).names)
-        table = pq.read_table(path)
-    except pa.ArrowException as err:
-        raise DataError(f"{path} is not a readable parquet file ({err}); re-export it") from None
-    rows = [(f"row {n}", row) for n, row in enumerate(table.to_pylist(), start=1)]
-    return _Table(path, table.column_names, rows)
-
-
-# --- Rows to examples ----------------------------------------------------------------------
-
-
-def _require_columns(table: _Table, columns: tuple[str, ...], user_columns: bool) -> None:
-    fix = (
-        "set task.text_columns / task.label_column"
-        if user_columns
-        else "expected the official GLUE layout"
-    )
-    for column in columns:
-        if column not in table.columns:
-            raise DataError(
-                f"{table.path} has no column {column!r}; columns found: "
-                f"{', '.join(table.columns) or 'none'}; {fix}"
-            )
-
-
-def _discover_labels(table: _Table, label_column: str) -> list[str]:
-    """Sorted distinct labels of the training file, as strings."""
-    _require_columns(table, (label_column,), user_columns=True)
-    return sorted(
-        {str(row[label_column]) for _, row in table.rows if row.get(label_column) is not None}
-    )
-
-
-def _examples(
-    table: _Table,
-    split: str,
-    text_columns: tuple[str, ...],
-    label_column: str,
-    task_type: str,
-    file_labels: tuple[str, ...] | None,
-    user_columns: bool,
-) -> list[Example]:
-    """One Example a row; `file_labels` lists the label values in class-index order.
-
-    `user_columns`: the columns and labels come from task.* keys (local_files), so the error
-    messages point at those keys; otherwise they are GLUE's fixed layout.
-    """
-    _require_columns(table, (*text_columns, label_column), user_columns)
-    label_index = {label: n for n, label in enumerate(file_labels or ())}
-    examples = []
-    for position, (where, row) in enumerate(table.rows):
-        texts = []
-        for column in text_columns:
-            if row.get(column) is None:
-                raise DataError(f"{table.path}, {where}: no text in column {column!r}; fill it in")
-            texts.append(str(row[column]))
-        raw = row.get(label_column)
-        if task_type == "regression" and _is_number(raw):
-            label: int | float = float(raw)
-        elif task_type == "regression":
-            raise DataError(
-                f"{table.path}, {where}: {label_column!r} value {raw!r} is not a number; a "
-                "regression task needs numeric labels"
-                + (" (or set task.task_type=classification)" if user_columns else "")
-            )
-        elif raw is not None and str(raw) in label_index:
-            label = label_index[str(raw)]
-        else:
-            raise DataError(
-                f"{table.path}, {where}: label {raw!r} is not one of {', '.join(label_index)}; "
-                + (
-                    "fix the row or list every label in task.label_names"
-                    if user_columns
-                    else "fix the row"
-                )
-            )
-        text_b = texts[1] if len(texts) > 1 else None
-        examples.append(Example(texts[0], text_b, label, f"{split}-{position}"))
-    return examples
-
-
-def _is_number(raw: Any) -> bool:
-    """Whether a regression target is a finite number (given as a number or as text)."""
-    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-        return False
-    try:
-        return math.isfinite(float(raw))
-    except ValueError:
-        return False

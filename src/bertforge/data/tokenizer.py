@@ -26,6 +26,7 @@ from bertforge.errors import DataError
 
 PAD, UNK, CLS, SEP, MASK = SPECIAL_TOKENS
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 VOCAB_FILE = "vocab.txt"
 
 
@@ -124,13 +125,35 @@ def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
         "mask_token": MASK,
     }
     _write_atomic(out_dir / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
-    config = {
+    _write_atomic(out_dir / TOKENIZER_CONFIG, json.dumps(_tokenizer_config(), indent=2) + "\n")
+    _write_atomic(out_dir / TOKENIZER_FILE, tok.to_str(pretty=True))
+
+
+def _tokenizer_config() -> dict:
+    """What `transformers.AutoTokenizer` needs beside tokenizer.json."""
+    return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
-        **special,
+        "pad_token": PAD,
+        "unk_token": UNK,
+        "cls_token": CLS,
+        "sep_token": SEP,
+        "mask_token": MASK,
     }
-    _write_atomic(out_dir / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
-    _write_atomic(out_dir / TOKENIZER_FILE, tok.to_str(pretty=True))
+
+
+def write_model_max_length(export_dir: Path, model_max_length: int) -> None:
+    """Record in `<export_dir>/tokenizer_config.json` how many tokens the exported model takes
+    (its max_position_embeddings), so that `transformers` truncates to it: without it,
+    `pipeline(...)(long_text, truncation=True)` keeps every token and the model fails at the
+    first position past its table. Keys already in the file are kept; a smaller
+    model_max_length already there (an HF checkpoint's own) stays."""
+    path = Path(export_dir) / TOKENIZER_CONFIG
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else _tokenizer_config()
+    current = config.get("model_max_length")
+    if not isinstance(current, int) or not 0 < current <= model_max_length:
+        config["model_max_length"] = model_max_length
+    _write_atomic(path, json.dumps(config, indent=2) + "\n")
 
 
 def load_tokenizer(dir_or_file: Path) -> Tokenizer:

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from bertforge.data.tasks import TaskData, build_metrics
+from bertforge.data.task_metrics import build_metrics
+from bertforge.data.tasks import TaskData
 from bertforge.errors import TrainingDivergedError
 from bertforge.lit.optim import configure_adamw_from_hparams
 from bertforge.model import BertForSequenceClassification

@@ -35,7 +35,7 @@ from bertforge.artifacts import (
 from bertforge.config import FinetuneConfig, TaskConfig, TrainerConfig
 from bertforge.data.finetuning import FinetuningDataModule, load_checkpoint_tokenizer
 from bertforge.data.tasks import TaskData, load_task, main_metric
-from bertforge.data.tokenizer import PAD
+from bertforge.data.tokenizer import PAD, write_model_max_length
 from bertforge.errors import ConfigError
 from bertforge.files import write_json_atomic
 from bertforge.hf import export_hf, load_hf_state_dict, read_hf_checkpoint, resolve_hf_model
@@ -285,6 +285,7 @@ def keep_model(
             shutil.copy2(start.tokenizer_dir / name, hf_dir / name)
     if not (hf_dir / "tokenizer.json").is_file():  # a checkpoint with vocab.txt only
         start.tokenizer.save(str(hf_dir / "tokenizer.json"))
+    write_model_max_length(hf_dir, model.config.max_position_embeddings)
 
 
 STAGE = Stage(

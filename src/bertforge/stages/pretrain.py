@@ -21,6 +21,7 @@ from bertforge.data.pretraining import (
     PretrainingDataModule,
     special_ids_of,
 )
+from bertforge.data.tokenizer import write_model_max_length
 from bertforge.hf import export_hf
 from bertforge.lit.pretrain import PretrainingModule
 from bertforge.lit.trainer import batch_plan, last_checkpoint, make_trainer
@@ -89,6 +90,7 @@ def build(ctx: BuildContext) -> dict[str, float]:
         export_hf(module.model, bert_config, export_dir)
         for name in TOKENIZER_FILES:
             shutil.copy2(tokenizer_artifact.path / name, export_dir / name)
+        write_model_max_length(export_dir, bert_config.max_position_embeddings)
         curves = plot_training_curves(loggers.csv_path, ctx.path / "loss_curves.png")
         loggers.log_image("pretrain/loss_curves", ctx.path / "loss_curves.png")
         loggers.log_artifact(export_dir, f"bert-{ctx.hash}", "model")
