@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import shutil
 import time
@@ -184,6 +185,34 @@ def test_loader_shards_ranks_like_a_distributed_sampler():
     ]
     assert sorted({i for s in padded for b in s.batches(0) for i in b}) == data
     assert [len(s) for s in padded] == [2, 2]
+
+
+def test_metrics_csv_keeps_every_step_once_across_a_cut_row_and_a_resume(tmp_path):
+    """A killed process left steps 0-5, the last row cut short; the next one resumes from
+    step 3: the file holds steps 0-7 once each, and a new column rewrites the header."""
+    from bertforge.pipeline.tracking import AppendingCSVLogger
+
+    first = AppendingCSVLogger(tmp_path, "logs", "")
+    for step in range(6):
+        first.log_metrics({"train/loss": 10.0 - step, "epoch": 0}, step=step)
+    metrics = tmp_path / "logs" / "metrics.csv"
+    os.truncate(metrics, metrics.stat().st_size - 4)  # the kill hit the last write
+
+    resumed = AppendingCSVLogger(tmp_path, "logs", "")
+    resumed.drop_steps_from(3)  # what ResumeState does when the fit resumes at step 3
+    for step in range(3, 8):
+        resumed.log_metrics({"train/loss": 20.0 - step, "epoch": 0}, step=step)
+    resumed.log_metrics({"val/loss": 1.5, "epoch": 0}, step=7)
+    with open(metrics, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r["train/loss"]] == list(range(8))
+    assert [float(r["train/loss"]) for r in rows[:4]] == [10.0, 9.0, 8.0, 17.0]
+    assert rows[-1] == {"epoch": "0", "step": "7", "train/loss": "", "val/loss": "1.5"}
+
+    again = AppendingCSVLogger(tmp_path, "logs", "")  # no resume step given (no training):
+    again.log_metrics({"train/loss": 0.5, "epoch": 0}, step=6)  # its first row's step counts
+    with open(metrics, newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [0, 1, 2, 3, 4, 5, 6]
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
