@@ -22,6 +22,7 @@ from bertforge.pipeline.distributed import (
     patch_lightning_hydra_relaunch,
 )
 from bertforge.errors import BertforgeError
+from bertforge.pipeline.failures import configured_outputs, write_error_message
 
 EXIT_BAD_INPUT = 2
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # the entry points' config_path
@@ -192,12 +193,10 @@ def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None
     except OmegaConfBaseException as exc:
         fail(str(exc).splitlines()[0])
     except OSError as exc:
-        if exc.errno not in WRITE_ERRNOS:
+        message = write_error_message(exc, configured_outputs(cfg))
+        if message is None:
             raise
-        fail(
-            f"cannot write {exc.filename or 'an output file'}: {exc.strerror}; "
-            f"{WRITE_ERRNOS[exc.errno]} (the unfinished artifact is not marked complete)"
-        )
+        fail(message)
     finally:
         if own_ranks:
             end_distributed_job()
