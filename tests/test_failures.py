@@ -121,3 +121,39 @@ def test_paths_outputs_is_read_from_the_config_or_none():
     cfg = OmegaConf.create({"paths": {"outputs": "/data/out"}})
     assert configured_outputs(cfg) == Path("/data/out")
     assert configured_outputs(OmegaConf.create({"paths": {"outputs": "${missing}"}})) is None
+
+
+def test_interrupt_messages_name_the_stage_step_and_checkpoint(tmp_path, capsys):
+    from bertforge.lit.trainer import TrainingInterrupted, save_atomically
+    from bertforge.pipeline.failures import exit_interrupted, interrupt_message
+    from bertforge.pipeline.store import BuildContext
+
+    outputs = tmp_path / "outputs"
+    seed_dir = outputs / "artifacts" / "finetune" / "0123456789ab" / "training" / "seed1"
+    checkpoint = seed_dir / "checkpoints" / "last.ckpt"
+    save_atomically({"global_step": 8}, checkpoint)
+    resumable = TrainingInterrupted(seed_dir, 9, checkpoint, 8)
+    assert interrupt_message(resumable, outputs) == (
+        f"interrupted: finetune stopped at step 9; rerun the same command to resume from "
+        f"{checkpoint} (step 8)"
+    )
+    early = TrainingInterrupted(seed_dir, 1, None, None)
+    assert interrupt_message(early, outputs) == (
+        "interrupted: finetune stopped at step 1 before its first checkpoint; nothing was "
+        "saved yet, rerun the same command to start it again"
+    )
+
+    def build(ctx: BuildContext):  # Ctrl-C while a stage without checkpoints is built
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        build(BuildContext("tokenizer", "0123456789ab", outputs, {}))
+    assert interrupt_message(caught.value, outputs).startswith(
+        "interrupted: tokenizer stopped before it was complete; nothing of it was saved"
+    )
+    assert interrupt_message(KeyboardInterrupt(), outputs).startswith("interrupted: stopped;")
+
+    with pytest.raises(SystemExit) as exited:
+        exit_interrupted(resumable, outputs)
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == interrupt_message(resumable, outputs) + "\n"

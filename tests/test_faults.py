@@ -323,6 +323,49 @@ def test_temporary_checkpoints_of_killed_writers_are_removed_by_the_next_save(tm
     assert torch.load(path, weights_only=True) == {"step": 3}
 
 
+KILLED_EXTRACTION = """
+import os, signal, sys
+from bertforge.analysis.embed import _Output
+_Output(sys.argv[1], [0, 2], 10, 4)  # the layer memory maps exist under temporary names
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_extractions_temporary_files_are_removed_by_the_next_build(tmp_path):
+    from bertforge.analysis.embed import extract_sentence_embeddings, load_embeddings
+    from bertforge.config import TokenizerConfig
+    from bertforge.data.tokenizer import train_tokenizer
+    from bertforge.model import BertConfig, BertModel
+
+    out = tmp_path / "sentences"
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_EXTRACTION, str(out)], env=child_env())
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    left = sorted(p.name for p in out.iterdir())
+    assert left == [f".layer_{i}.npy.{killed.pid}.tmp" for i in (0, 2)]
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live_tmp = out / f".metadata.jsonl.{alive.pid}.tmp"  # another extraction still writing
+    live_tmp.write_text("{}\n")
+
+    texts = ["the bank raised rates", "a river bank", "fans watched the match"] * 4
+    tokenizer = train_tokenizer(texts, TokenizerConfig(vocab_size=60, min_frequency=1))
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=16,
+                                num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=32))  # fmt: skip
+    try:
+        extract_sentence_embeddings(
+            bert, tokenizer, texts, out_dir=out, layers=[0, 2], max_seq_length=32, progress=False
+        )
+        names = sorted(p.name for p in out.iterdir())
+    finally:
+        alive.kill()
+        alive.wait()
+    assert names == [live_tmp.name, "embeddings.json", "layer_0.npy", "layer_2.npy",
+                     "metadata.jsonl"]  # fmt: skip
+    X, rows = load_embeddings(out)
+    assert X.shape == (12, 16) and len(rows) == 12
+
+
 # --- Damaged files from earlier runs -------------------------------------------------------
 
 

@@ -11,7 +11,9 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -153,6 +155,57 @@ def test_killed_finetuning_resumes_every_seed_to_the_uninterrupted_result(upstre
         for key in ("accuracy", "f1", "steps"):
             assert float(row[key]) == pytest.approx(float(expected[key]), abs=1e-9), (row, key)
     assert not (ours / "training").exists()  # per-seed checkpoints are removed once complete
+
+
+def test_ctrl_c_says_where_pretraining_stopped_exits_130_and_the_rerun_resumes(upstream, tmp_path):
+    """SIGINT to the process group (what Ctrl-C in a terminal sends, W&B's service included)
+    once the first checkpoint exists: one line naming the step and the checkpoint, status 130,
+    nothing marked complete; the same command then resumes from that checkpoint."""
+    (outputs,) = copies(upstream, tmp_path / "outputs", without="pretrain")
+    overrides = [
+        *TINY, "pretrain.max_steps=60", "pretrain.val_check_interval=10",
+        "pretrain.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=1", "logger=wandb",
+        "trainer.num_threads=1", f"paths.outputs={outputs}",
+    ]  # fmt: skip
+    process = start_entry_point("pretrain.py", *overrides)
+    pattern = "artifacts/pretrain/*/checkpoints/last.ckpt"
+    deadline = time.monotonic() + 240
+    try:
+        while not list(outputs.glob(pattern)):
+            assert process.poll() is None, f"ended before a checkpoint: {process.stderr.read()}"
+            assert time.monotonic() < deadline, "no checkpoint was written in time"
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        kill_group(process)
+    assert process.returncode == 130, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(
+        r"interrupted: pretrain stopped at step (\d+); rerun the same command to resume from "
+        r"(\S+) \(step (\d+)\)", last
+    )  # fmt: skip
+    assert match, last
+    stopped, checkpoint, saved = int(match[1]), Path(match[2]), int(match[3])
+    (artifact,) = (outputs / "artifacts" / "pretrain").glob("[0-9a-f]*")
+    assert checkpoint == artifact / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == saved
+    assert 2 <= saved <= stopped < 60
+    assert not (artifact / MANIFEST).exists()
+    with open(artifact / "logs" / "metrics.csv", newline="") as f:
+        before = [row for row in csv.DictReader(f) if int(row["step"]) < saved]
+
+    run_to_completion("pretrain.py", overrides)
+    assert (artifact / MANIFEST).exists()
+    with open(artifact / "logs" / "metrics.csv", newline="") as f:
+        after = list(csv.DictReader(f))
+    # resumed: the rows before the checkpoint are the first process' (its tokens/s figures)
+    assert [{key: row[key] for key in before[0]} for row in after[: len(before)]] == before
+    steps = [int(row["step"]) for row in after if row["train/loss"]]
+    assert len(steps) == len(set(steps)), steps  # no step twice
+    # Lightning logs a step's row after the callbacks that ran at its end (the checkpoint):
+    # a Ctrl-C between the two loses that one row, which the resumed run does not redo
+    assert set(range(60)) - set(steps) <= {saved - 1}, steps
 
 
 def test_loader_state_is_the_next_batch_and_epochs_advance():

@@ -24,6 +24,7 @@ from bertforge.errors import ConfigError
 RNG_KEY = "bertforge_rng_states"
 RUN_ID_KEY = "wandb_run_id"
 STOP_KEY = "bertforge_should_stop"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"  # under a training root directory
 
 
 def world_size(cfg: TrainerConfig) -> int:
@@ -55,7 +56,7 @@ def last_checkpoint(directory: Path) -> Path | None:
 
     An unreadable one (cut short by a full disk) is set aside as `last.ckpt.damaged` with a
     warning, and training starts over rather than failing on every rerun."""
-    path = Path(directory) / "checkpoints" / "last.ckpt"
+    path = Path(directory) / LAST_CHECKPOINT
     if not path.is_file():
         return None
     try:
@@ -256,6 +257,79 @@ class ResumeState(Callback):
                 logger.drop_steps_from(self._resumed_step)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a fit or validation: the directory it trained in, the step it
+    had reached, and the checkpoint a rerun resumes from (None: nothing saved yet) with its
+    step."""
+
+    def __init__(
+        self, root_dir: Path, step: int, checkpoint: Path | None, checkpoint_step: int | None
+    ) -> None:
+        super().__init__(f"interrupted at step {step} in {root_dir}")
+        self.root_dir = Path(root_dir)
+        self.step = step
+        self.checkpoint = checkpoint
+        self.checkpoint_step = checkpoint_step
+
+
+class _KeyboardInterruptSeen(Callback):
+    def __init__(self) -> None:
+        self.seen = False
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.seen = self.seen or isinstance(exception, KeyboardInterrupt)
+
+
+class Trainer(pl.Trainer):
+    """`pl.Trainer` whose fit/validate/test/predict raise `TrainingInterrupted` on Ctrl-C.
+
+    Lightning 2.6 catches the KeyboardInterrupt itself: it logs "Detected KeyboardInterrupt,
+    attempting graceful shutdown", ignores further SIGINTs, runs the `on_exception` hooks,
+    finalizes the loggers as "failed", tears down (killing ranks it launched) and calls
+    `sys.exit(1)`, so the caller could not tell an interrupt from a failure."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._sigint_seen = _KeyboardInterruptSeen()
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), self._sigint_seen]
+        super().__init__(*args, **kwargs)
+
+    def fit(self, *args, **kwargs):
+        return self._reporting_interrupts(super().fit, *args, **kwargs)
+
+    def validate(self, *args, **kwargs):
+        return self._reporting_interrupts(super().validate, *args, **kwargs)
+
+    def test(self, *args, **kwargs):
+        return self._reporting_interrupts(super().test, *args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        return self._reporting_interrupts(super().predict, *args, **kwargs)
+
+    def _reporting_interrupts(self, run, *args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        except (SystemExit, KeyboardInterrupt):
+            if not self._sigint_seen.seen:
+                raise
+        path = Path(self.default_root_dir) / LAST_CHECKPOINT
+        path = path if path.is_file() else None
+        raise TrainingInterrupted(
+            Path(self.default_root_dir), self.global_step, path, checkpoint_step(path)
+        )
+
+
+def checkpoint_step(path: Path | None) -> int | None:
+    """The optimizer step a checkpoint was saved at (None: no checkpoint or unreadable)."""
+    if path is None:
+        return None
+    try:
+        return int(
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        )
+    except Exception:
+        return None
+
+
 def make_trainer(
     cfg: TrainerConfig,
     *,
@@ -269,10 +343,10 @@ def make_trainer(
     accumulate_grad_batches: int = 1,
     checkpoint_every_n_steps: int | None = None,
     callbacks: list[Callback] = (),
-) -> pl.Trainer:
+) -> Trainer:
     if cfg.enable_progress_bar:
         callbacks = [TQDMProgressBar(refresh_rate=cfg.progress_refresh_rate), *callbacks]
-    return pl.Trainer(
+    return Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,

@@ -22,7 +22,7 @@ from bertforge.pipeline.distributed import (
     patch_lightning_hydra_relaunch,
 )
 from bertforge.errors import BertforgeError
-from bertforge.pipeline.failures import configured_outputs, write_error_message
+from bertforge.pipeline.failures import configured_outputs, exit_interrupted, write_error_message
 
 EXIT_BAD_INPUT = 2
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # the entry points' config_path
@@ -197,6 +197,8 @@ def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None
         if message is None:
             raise
         fail(message)
+    except KeyboardInterrupt as exc:
+        exit_interrupted(exc, configured_outputs(cfg))
     finally:
         if own_ranks:
             end_distributed_job()

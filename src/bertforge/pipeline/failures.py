@@ -1,5 +1,5 @@
 """What the entry points print when a run fails for a reason outside its input: a write the
-file system refused (full, quota, size limit, read-only, permissions).
+file system refused (full, quota, size limit, read-only, permissions) or Ctrl-C.
 
     error: cannot write <file>: No space left on device; <mount> is full (0 B free of 20 MB),
     the file system of paths.outputs=<dir>: free space there or set paths.outputs to ...
@@ -14,11 +14,13 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 FULL = {errno.ENOSPC: "full", errno.EDQUOT: "over your quota"}
 DENIED = (errno.EACCES, errno.EPERM)
 WRITE_ERRNOS = (*FULL, errno.EFBIG, *DENIED, errno.EROFS)
@@ -145,3 +147,57 @@ def _fix_for_space(on_outputs: bool, on_tmp: bool, outputs: Path | None) -> str:
         free, _ = space(mount_point(outputs))
         suggestion = f", e.g. TMPDIR={outputs / 'tmp'} ({human_bytes(free)} free there)"
     return f" or set TMPDIR to a directory on a disk with room{suggestion}"
+
+
+def interrupt_message(exc: KeyboardInterrupt, outputs: Path | None) -> str:
+    """`interrupted: <stage> stopped at step N; rerun the same command to resume from <ckpt>`.
+
+    For an interrupt outside training (a `TrainingInterrupted` from bertforge.lit.trainer
+    carries the step and checkpoint), the stage being built is named when it can be found."""
+    from bertforge.lit.trainer import TrainingInterrupted
+
+    if isinstance(exc, TrainingInterrupted):
+        stage = _stage_of(exc.root_dir, outputs)
+        where = f"{stage} stopped at step {exc.step}"
+        if exc.checkpoint is None:
+            return f"interrupted: {where} before its first checkpoint; nothing was saved yet, " + (
+                "rerun the same command to start it again"
+            )
+        step = "" if exc.checkpoint_step is None else f" (step {exc.checkpoint_step})"
+        return f"interrupted: {where}; rerun the same command to resume from {exc.checkpoint}{step}"
+    stage = _stage_in_traceback(exc)
+    where = f"{stage} stopped before it was complete" if stage else "stopped"
+    return (
+        f"interrupted: {where}; nothing of it was saved, rerun the same command to build it "
+        "again (complete stages are reused)"
+    )
+
+
+def _stage_of(root_dir: Path, outputs: Path | None) -> str:
+    """The stage whose artifact directory (`<outputs>/artifacts/<stage>/<hash>/...`) holds
+    `root_dir`."""
+    if outputs is not None:
+        try:
+            return Path(root_dir).resolve().relative_to(outputs / "artifacts").parts[0]
+        except (ValueError, IndexError):
+            pass
+    return Path(root_dir).name
+
+
+def _stage_in_traceback(exc: BaseException) -> str | None:
+    """The stage of the innermost BuildContext on the interrupted call stack, if any."""
+    from bertforge.pipeline.store import BuildContext
+
+    stage, tb = None, exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, BuildContext):
+                stage = value.stage
+        tb = tb.tb_next
+    return stage
+
+
+def exit_interrupted(exc: KeyboardInterrupt, outputs: Path | None) -> NoReturn:
+    """Print `interrupt_message` on stderr and exit with status 130."""
+    print(interrupt_message(exc, outputs), file=sys.stderr, flush=True)
+    sys.exit(EXIT_INTERRUPTED)

@@ -165,7 +165,9 @@ class AppendingCSVLogger(Logger):
     into `hparams.yaml` beside it, as Lightning's CSVLogger lays them out. A resumed run goes
     on in the same file: rows reach the disk at every logging step, and a fit resuming from a
     checkpoint drops the rows it is about to log again (`drop_steps_from`, called by
-    `bertforge.lit.trainer.ResumeState`), so every step is in the file once.
+    `bertforge.lit.trainer.ResumeState`), so every step is in the file once. (Lightning logs
+    a step's row after the checkpoint saved at that step's end: a kill between the two loses
+    that one row, as the resumed run starts after it.)
     """
 
     def __init__(self, save_dir: Path, name: str, version: str) -> None:
