@@ -224,12 +224,21 @@ class AppendingCSVLogger(Logger):
 
 
 def _started_wandb_logger(mode: str, kwargs: dict[str, Any]) -> WandbLogger:
-    logger = WandbLogger(mode=mode, **kwargs)
-    # Lightning passes `anonymous=None`, which wandb >= 0.19 answers with a deprecation warning
-    # on every run; the setting has no effect.
-    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
-    _ = logger.experiment  # start the run now, so a failure is caught here
-    return logger
+    """Start the W&B run now (so that a failure is caught here) and hand it to Lightning's
+    WandbLogger through its public `experiment` argument. (Lightning's own start passes
+    `anonymous=None` to `wandb.init`, which wandb >= 0.19 answers with a deprecation warning on
+    every run; the setting has no effect.)"""
+    import wandb
+
+    save_dir = kwargs["save_dir"]
+    init = {key: value for key, value in kwargs.items() if key != "save_dir"}
+    run = wandb.init(mode=mode, dir=save_dir, **init)
+    # the x-axis WandbLogger sets on the runs it starts itself: its `trainer/global_step` key
+    run.define_metric("trainer/global_step")
+    run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    return WandbLogger(
+        experiment=run, save_dir=save_dir, project=kwargs["project"], name=kwargs["name"]
+    )
 
 
 class StageLoggers:
