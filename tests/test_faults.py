@@ -4,7 +4,11 @@ directory, a full disk, damaged checkpoints. (Kills during training: test_resume
 
 from __future__ import annotations
 
+import csv
+import errno
+import hashlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -95,7 +99,8 @@ KILLS = {  # writer patched to die right after writing, the stage, how to read i
                   readable_export, ("pretrain", "extract")),
     "embeddings": ("bertforge.analysis.embed:_Output.commit", "extract.py", "extract",
                    readable_embeddings, ("extract",)),
-    "figure": ("bertforge.analysis.layouts:save_figure", "visualize.py", "visualize", readable_figures, ()),
+    "figure": ("bertforge.analysis.layouts:save_figure", "visualize.py", "visualize",
+               readable_figures, ()),
 }  # fmt: skip
 
 
@@ -218,6 +223,147 @@ def test_full_disk_is_one_line_marks_nothing_complete_and_the_rerun_finishes(ups
     assert not manifests(outputs, "pretrain")
     ok("pretrain.py", f"paths.outputs={outputs}", "logger=csv")
     assert manifests(outputs, "pretrain")
+
+
+def metric_rows(artifact: Path) -> list[dict[str, str]]:
+    with open(artifact / "logs" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def steps_of(rows: list[dict[str, str]], column: str) -> list[int]:
+    return [int(row["step"]) for row in rows if row.get(column)]
+
+
+def test_a_full_disk_at_a_later_checkpoint_keeps_the_last_good_one_and_the_rerun_resumes(
+    upstream, tmp_path
+):
+    """The disk refuses writes once the first checkpoint exists (the file size limit drops to
+    1 MB, below a 7 MB checkpoint). The last good last.ckpt must survive whole, the rerun must
+    resume from it, and metrics.csv must hold every step once."""
+    outputs = copy_without(upstream, tmp_path / "outputs", "pretrain", "extract")
+    overrides = [
+        *TINY, f"paths.outputs={outputs}", "pretrain.max_steps=16",
+        "pretrain.checkpoint_every_n_steps=2", "pretrain.val_check_interval=5",
+        "trainer.log_every_n_steps=1", "trainer.num_threads=1",
+    ]  # fmt: skip
+    failed = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "limit_after_checkpoint.py"), str(10**6),
+         "pretrain.py", *overrides],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=child_env(),
+    )  # fmt: skip
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    (sha,) = re.findall(r"^limited: ([0-9a-f]{64})$", failed.stderr, re.MULTILINE)
+    (artifact,) = (outputs / "artifacts" / "pretrain").glob("[0-9a-f]*")
+    checkpoint = artifact / "checkpoints" / "last.ckpt"
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot write {checkpoint}: File too large;"), last
+    assert "file size limit (ulimit -f) of 1 MB" in last and "not marked complete" in last
+
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == sha  # the old one, whole
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["last.ckpt"]  # no temp left
+    resumed_from = torch.load(checkpoint, weights_only=True)["global_step"]
+    assert 2 <= resumed_from < 16
+    before = metric_rows(artifact)
+    assert not manifests(outputs, "pretrain")
+
+    ok("pretrain.py", *overrides[len(TINY) :])
+    after = metric_rows(artifact)
+    # resumed, not retrained: the rows before the checkpoint's step are the first run's own
+    # (their tokens/s figures would differ in a new run); the later ones were logged again
+    first = [row for row in before if int(row["step"]) < resumed_from]
+    assert [{key: row[key] for key in before[0]} for row in after[: len(first)]] == first
+    for column in ("train/loss", "val/loss"):
+        steps = steps_of(after, column)
+        assert len(steps) == len(set(steps)), (column, steps)
+    assert steps_of(after, "train/loss") == list(range(16))
+
+
+SAVE_THEN_LIMIT = """
+import resource, signal, sys, torch
+from bertforge.lit.trainer import save_atomically
+path = sys.argv[1]
+save_atomically({"w": torch.zeros(100_000)}, path)  # 400 kB: fits
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # the disk "fills up"
+try:
+    save_atomically({"w": torch.ones(100_000)}, path)
+except OSError as err:
+    print(err.errno, err.filename)
+"""
+
+
+def test_a_checkpoint_write_the_disk_refuses_leaves_the_previous_file_whole(tmp_path):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    result = subprocess.run(
+        [sys.executable, "-c", SAVE_THEN_LIMIT, str(path)],
+        capture_output=True, text=True, timeout=120, env=child_env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [str(errno.EFBIG), str(path)]  # the OSError, naming it
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.zeros(100_000))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_temporary_checkpoints_of_killed_writers_are_removed_by_the_next_save(tmp_path):
+    from bertforge.lit.trainer import save_atomically
+
+    path = tmp_path / "last.ckpt"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (dead.pid, alive.pid):
+            path.with_name(f"last.ckpt.{pid}.tmp").write_bytes(b"cut short")
+        save_atomically({"step": 3}, path)
+        names = sorted(p.name for p in tmp_path.iterdir())
+    finally:
+        alive.kill()
+        alive.wait()
+    assert names == ["last.ckpt", f"last.ckpt.{alive.pid}.tmp"]  # a live writer's file stays
+    assert torch.load(path, weights_only=True) == {"step": 3}
+
+
+KILLED_EXTRACTION = """
+import os, signal, sys
+from bertforge.analysis.embed import _Output
+_Output(sys.argv[1], [0, 2], 10, 4)  # the layer memory maps exist under temporary names
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_extractions_temporary_files_are_removed_by_the_next_build(tmp_path):
+    from bertforge.analysis.embed import extract_sentence_embeddings, load_embeddings
+    from bertforge.config import TokenizerConfig
+    from bertforge.data.tokenizer import train_tokenizer
+    from bertforge.model import BertConfig, BertModel
+
+    out = tmp_path / "sentences"
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_EXTRACTION, str(out)], env=child_env())
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    left = sorted(p.name for p in out.iterdir())
+    assert left == [f".layer_{i}.npy.{killed.pid}.tmp" for i in (0, 2)]
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live_tmp = out / f".metadata.jsonl.{alive.pid}.tmp"  # another extraction still writing
+    live_tmp.write_text("{}\n")
+
+    texts = ["the bank raised rates", "a river bank", "fans watched the match"] * 4
+    tokenizer = train_tokenizer(texts, TokenizerConfig(vocab_size=60, min_frequency=1))
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=16,
+                                num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=32))  # fmt: skip
+    try:
+        extract_sentence_embeddings(
+            bert, tokenizer, texts, out_dir=out, layers=[0, 2], max_seq_length=32, progress=False
+        )
+        names = sorted(p.name for p in out.iterdir())
+    finally:
+        alive.kill()
+        alive.wait()
+    assert names == [live_tmp.name, "embeddings.json", "layer_0.npy", "layer_2.npy",
+                     "metadata.jsonl"]  # fmt: skip
+    X, rows = load_embeddings(out)
+    assert X.shape == (12, 16) and len(rows) == 12
 
 
 # --- Damaged files from earlier runs -------------------------------------------------------

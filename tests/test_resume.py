@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import re
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -152,6 +155,57 @@ def test_killed_finetuning_resumes_every_seed_to_the_uninterrupted_result(upstre
     assert not (ours / "training").exists()  # per-seed checkpoints are removed once complete
 
 
+def test_ctrl_c_says_where_pretraining_stopped_exits_130_and_the_rerun_resumes(upstream, tmp_path):
+    """SIGINT to the process group (what Ctrl-C in a terminal sends, W&B's service included)
+    once the first checkpoint exists: one line naming the step and the checkpoint, status 130,
+    nothing marked complete; the same command then resumes from that checkpoint."""
+    (outputs,) = copies(upstream, tmp_path / "outputs", without="pretrain")
+    overrides = [
+        *TINY, "pretrain.max_steps=60", "pretrain.val_check_interval=10",
+        "pretrain.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=1", "logger=wandb",
+        "trainer.num_threads=1", f"paths.outputs={outputs}",
+    ]  # fmt: skip
+    process = start_entry_point("pretrain.py", *overrides)
+    pattern = "artifacts/pretrain/*/checkpoints/last.ckpt"
+    deadline = time.monotonic() + 240
+    try:
+        while not list(outputs.glob(pattern)):
+            assert process.poll() is None, f"ended before a checkpoint: {process.stderr.read()}"
+            assert time.monotonic() < deadline, "no checkpoint was written in time"
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        kill_group(process)
+    assert process.returncode == 130, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(
+        r"interrupted: pretrain stopped at step (\d+); rerun the same command to resume from "
+        r"(\S+) \(step (\d+)\)", last
+    )  # fmt: skip
+    assert match, last
+    stopped, checkpoint, saved = int(match[1]), Path(match[2]), int(match[3])
+    (artifact,) = (outputs / "artifacts" / "pretrain").glob("[0-9a-f]*")
+    assert checkpoint == artifact / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == saved
+    assert 2 <= saved <= stopped < 60
+    assert not (artifact / MANIFEST).exists()
+    with open(artifact / "logs" / "metrics.csv", newline="") as f:
+        before = [row for row in csv.DictReader(f) if int(row["step"]) < saved]
+
+    run_to_completion("pretrain.py", overrides)
+    assert (artifact / MANIFEST).exists()
+    with open(artifact / "logs" / "metrics.csv", newline="") as f:
+        after = list(csv.DictReader(f))
+    # resumed: the rows before the checkpoint are the first process' (its tokens/s figures)
+    assert [{key: row[key] for key in before[0]} for row in after[: len(before)]] == before
+    steps = [int(row["step"]) for row in after if row["train/loss"]]
+    assert len(steps) == len(set(steps)), steps  # no step twice
+    # Lightning logs a step's row after the callbacks that ran at its end (the checkpoint):
+    # a Ctrl-C between the two loses that one row, which the resumed run does not redo
+    assert set(range(60)) - set(steps) <= {saved - 1}, steps
+
+
 def test_loader_state_is_the_next_batch_and_epochs_advance():
     def loader():
         return ResumableLoader(list(range(10)), 3, lambda rows, g: rows, seed=0)
@@ -182,6 +236,34 @@ def test_loader_shards_ranks_like_a_distributed_sampler():
     ]
     assert sorted({i for s in padded for b in s.batches(0) for i in b}) == data
     assert [len(s) for s in padded] == [2, 2]
+
+
+def test_metrics_csv_keeps_every_step_once_across_a_cut_row_and_a_resume(tmp_path):
+    """A killed process left steps 0-5, the last row cut short; the next one resumes from
+    step 3: the file holds steps 0-7 once each, and a new column rewrites the header."""
+    from bertforge.pipeline.tracking import AppendingCSVLogger
+
+    first = AppendingCSVLogger(tmp_path, "logs", "")
+    for step in range(6):
+        first.log_metrics({"train/loss": 10.0 - step, "epoch": 0}, step=step)
+    metrics = tmp_path / "logs" / "metrics.csv"
+    os.truncate(metrics, metrics.stat().st_size - 4)  # the kill hit the last write
+
+    resumed = AppendingCSVLogger(tmp_path, "logs", "")
+    resumed.drop_steps_from(3)  # what ResumeState does when the fit resumes at step 3
+    for step in range(3, 8):
+        resumed.log_metrics({"train/loss": 20.0 - step, "epoch": 0}, step=step)
+    resumed.log_metrics({"val/loss": 1.5, "epoch": 0}, step=7)
+    with open(metrics, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r["train/loss"]] == list(range(8))
+    assert [float(r["train/loss"]) for r in rows[:4]] == [10.0, 9.0, 8.0, 17.0]
+    assert rows[-1] == {"epoch": "0", "step": "7", "train/loss": "", "val/loss": "1.5"}
+
+    again = AppendingCSVLogger(tmp_path, "logs", "")  # no resume step given (no training):
+    again.log_metrics({"train/loss": 0.5, "epoch": 0}, step=6)  # its first row's step counts
+    with open(metrics, newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [0, 1, 2, 3, 4, 5, 6]
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):

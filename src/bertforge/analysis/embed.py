@@ -137,6 +137,23 @@ def _batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield order[start : start + batch_size]
 
 
+TEMP_FILES = (".layer_*.npy.*.tmp", f".{METADATA}.*.tmp", f".{MANIFEST}.*.tmp")
+
+
+def _remove_temp_files_of_dead_writers(directory: Path) -> None:
+    """Temporary files (`.<name>.<pid>.tmp`) that a killed extraction left behind: they would
+    stay inside the finished artifact forever. Those of a live process are not touched."""
+    for tmp in (path for pattern in TEMP_FILES for path in directory.glob(pattern)):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)  # raises once the writer is gone
+            except ProcessLookupError:
+                tmp.unlink(missing_ok=True)
+            except PermissionError:  # alive, another user's
+                pass
+
+
 class _Output:
     """Per-layer (N, H) float32 memory maps under temporary names, renamed on `commit`."""
 
@@ -144,6 +161,7 @@ class _Output:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / MANIFEST).unlink(missing_ok=True)  # an old result no longer counts
+        _remove_temp_files_of_dead_writers(self.dir)
         self.final = {layer: self.dir / layer_file(layer) for layer in layers}
         self.tmp = {layer: self._tmp(path) for layer, path in self.final.items()}
         self.arrays = {

@@ -34,6 +34,7 @@ from bertforge.pipeline.distributed import (
 )
 from bertforge.pipeline.report import write_job_record
 from bertforge.pipeline.runs import hydra_job, hydra_run_name, register_resolvers
+from bertforge.pipeline.failures import configured_outputs, exit_interrupted, write_error_message
 
 EXIT_BAD_INPUT = 2
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # the entry points' config_path
@@ -211,12 +212,12 @@ def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None
     except OmegaConfBaseException as exc:
         fail(omegaconf_message(exc))
     except OSError as exc:
-        if exc.errno not in WRITE_ERRNOS:
+        message = write_error_message(exc, configured_outputs(cfg))
+        if message is None:
             raise
-        fail(
-            f"cannot write {exc.filename or 'an output file'}: {exc.strerror}; "
-            f"{WRITE_ERRNOS[exc.errno]} (the unfinished artifact is not marked complete)"
-        )
+        fail(message)
+    except KeyboardInterrupt as exc:
+        exit_interrupted(exc, configured_outputs(cfg))
     finally:
         if own_ranks:
             end_distributed_job()

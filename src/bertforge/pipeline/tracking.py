@@ -15,12 +15,13 @@ import logging
 import netrc
 import os
 import warnings
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.core.saving import save_hparams_to_yaml
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from bertforge.config import LoggerConfig
 from bertforge.pipeline.distributed import is_rank_zero
@@ -85,44 +86,161 @@ def _first_line(exc: BaseException) -> str:
     return line.replace(key, "<WANDB_API_KEY>") if key else line
 
 
-class _AppendingWriter(ExperimentWriter):
-    def __init__(self, log_dir: str) -> None:
-        super().__init__(log_dir)
-        if self._fs.isfile(self.metrics_file_path):  # an interrupted run's: go on with its columns
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+class MetricsCSV:
+    """`metrics.csv`: one row per logging call with a column per key ever logged (sorted), each
+    row written through at once so that a killed run loses none.
 
-    def _check_log_dir_exists(self) -> None:
-        """Lightning deletes an existing metrics.csv here; keep an interrupted run's rows."""
+    Rows an earlier process left behind are settled before this process writes its first row:
+    a last line cut short by a kill or a full disk is dropped, and so are the rows from the
+    step this process starts logging at (`drop_steps_from`; by default the step of its first
+    row), which it logs again. So no step is in the file twice and readers need no clean-up.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.columns: list[str] = []
+        self.settled = False  # earlier processes' rows checked (and dropped where redone)
+
+    def drop_steps_from(self, step: int) -> None:
+        """Drop the rows earlier processes logged at `step` or later (once, before this process
+        writes; later calls change nothing)."""
+        if self.settled:
+            return
+        columns, rows, cut = self._read()
+        kept = [row for row in rows if _step_of(row) < step]
+        if cut or len(kept) < len(rows):
+            self._rewrite(columns, kept)
+        self.columns, self.settled = columns, True
+
+    def append(self, row: dict[str, Any]) -> None:
+        if not self.settled:
+            self.drop_steps_from(_step_of(row))
+        try:
+            if set(row) <= set(self.columns):
+                with open(self.path, "a", newline="", encoding="utf-8") as f:
+                    csv.DictWriter(f, self.columns).writerow(row)
+                return
+            columns, rows, _ = self._read()  # a new key: the header changes, write it all again
+            self.columns = sorted(set(columns) | set(row))
+            self._rewrite(self.columns, [*rows, row])
+        except OSError as err:  # a failed write() names no file; say which one
+            err.filename = err.filename or str(self.path)
+            raise
+
+    def _read(self) -> tuple[list[str], list[dict[str, str]], bool]:
+        """(columns, complete rows, whether a cut last line was left out)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return [], [], False
+        lines = text.splitlines(keepends=True)
+        cut = bool(lines) and not lines[-1].endswith("\n")
+        if cut:
+            lines.pop()
+        reader = csv.DictReader(lines)
+        rows = [row for row in reader if None not in row and None not in row.values()]
+        return list(reader.fieldnames or []), rows, cut or len(rows) < max(len(lines) - 1, 0)
+
+    def _rewrite(self, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        """Replace the file at once (temporary file and rename): a full disk leaves it as it was."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, columns)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
-class AppendingCSVLogger(CSVLogger):
-    """Lightning's CSVLogger, but a resumed run appends to `metrics.csv` instead of replacing
-    it, and rows reach the disk at every logging step, so a killed run loses none.
+def _step_of(row: dict[str, Any]) -> int:
+    try:
+        return int(float(row.get("step") or 0))
+    except ValueError:
+        return 0
 
-    Steps between the last checkpoint and a kill appear twice; readers keep the last row
-    (`plots.read_metric_columns`).
+
+class AppendingCSVLogger(Logger):
+    """Metrics into `<save_dir>/<name>/<version>/metrics.csv` (`MetricsCSV`), hyperparameters
+    into `hparams.yaml` beside it, as Lightning's CSVLogger lays them out. A resumed run goes
+    on in the same file: rows reach the disk at every logging step, and a fit resuming from a
+    checkpoint drops the rows it is about to log again (`drop_steps_from`, called by
+    `bertforge.lit.trainer.ResumeState`), so every step is in the file once. (Lightning logs
+    a step's row after the checkpoint saved at that step's end: a kill between the two loses
+    that one row, as the resumed run starts after it.)
     """
 
     def __init__(self, save_dir: Path, name: str, version: str) -> None:
-        super().__init__(save_dir=save_dir, name=name, version=version, flush_logs_every_n_steps=1)
+        super().__init__()
+        self._save_dir = Path(save_dir)
+        self._name = name
+        self._version = version
+        self._hparams: dict[str, Any] = {}
+        self._file: MetricsCSV | None = None
 
     @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return str(self._save_dir)
+
+    @property
+    def root_dir(self) -> str:
+        return str(self._save_dir / self._name)
+
+    @property
+    def log_dir(self) -> str:
+        return str(self._save_dir / self._name / self._version)
+
+    @property
+    def metrics_file(self) -> MetricsCSV:
+        if self._file is None:
+            Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+            self._file = MetricsCSV(Path(self.log_dir) / "metrics.csv")
+        return self._file
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args, **kwargs) -> None:
+        self._hparams.update(vars(params) if isinstance(params, Namespace) else params)
+        Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+        save_hparams_to_yaml(Path(self.log_dir) / "hparams.yaml", self._hparams)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        row = {
+            key: value.item() if hasattr(value, "item") else value for key, value in metrics.items()
+        }
+        self.metrics_file.append({**row, "step": 0 if step is None else int(step)})
+
+    @rank_zero_only
+    def drop_steps_from(self, step: int) -> None:
+        self.metrics_file.drop_steps_from(step)
 
 
 def _started_wandb_logger(mode: str, kwargs: dict[str, Any]) -> WandbLogger:
-    logger = WandbLogger(mode=mode, **kwargs)
-    # Lightning passes `anonymous=None`, which wandb >= 0.19 answers with a deprecation warning
-    # on every run; the setting has no effect.
-    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
-    _ = logger.experiment  # start the run now, so a failure is caught here
-    return logger
+    """Start the W&B run now (so that a failure is caught here) and hand it to Lightning's
+    WandbLogger through its public `experiment` argument. (Lightning's own start passes
+    `anonymous=None` to `wandb.init`, which wandb >= 0.19 answers with a deprecation warning on
+    every run; the setting has no effect.)"""
+    import wandb
+
+    save_dir = kwargs["save_dir"]
+    init = {key: value for key, value in kwargs.items() if key != "save_dir"}
+    run = wandb.init(mode=mode, dir=save_dir, **init)
+    # the x-axis WandbLogger sets on the runs it starts itself: its `trainer/global_step` key
+    run.define_metric("trainer/global_step")
+    run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    return WandbLogger(
+        experiment=run, save_dir=save_dir, project=kwargs["project"], name=kwargs["name"]
+    )
 
 
 class StageLoggers:
