@@ -18,6 +18,8 @@ and the sequence length its positions were trained to.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,15 @@ def model_record(name: str, trained_length: int | None) -> dict[str, Any]:
 
 def save_model(model: nn.Module, directory: Path, labels: dict | None = None) -> None:
     """Weights (safetensors), the BertConfig and, for a task model, its label names."""
-    save_weights(model, str(directory / WEIGHTS))
+    path = directory / WEIGHTS
+    try:
+        save_weights(model, str(path))
+    except SafetensorError as err:  # the Rust writer reports a full disk as "... os error 28"
+        found = re.search(r"os error (\d+)", str(err))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
     write_atomic(directory / MODEL_CONFIG, json.dumps(asdict(model.config), indent=2))
     if labels is not None:
         write_atomic(directory / LABELS, json.dumps(labels, indent=2))

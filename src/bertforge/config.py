@@ -13,17 +13,15 @@ a field marked `input_path()` names a file or directory and is hashed by its con
 
 from __future__ import annotations
 
-import math
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from bertforge.checks import check_choice, check_positive, check_seed, check_seeds, check_share
 from bertforge.errors import ConfigError
 from bertforge.model import BertConfig
-
-MAX_SEED = 2**32 - 1  # numpy's and Lightning's seeds are 32-bit
 
 
 def watch_only(default: Any = MISSING, *, default_factory: Any = MISSING) -> Any:
@@ -36,22 +34,6 @@ def input_path(kind: str = "path") -> Any:
     """A file, directory or glob that a stage reads (`kind` "path"), or an HF checkpoint that
     may also be a Hub name (`kind` "hf_model"): hashed by content, not by name."""
     return field(default=None, metadata={"input": kind})
-
-
-def check_choice(key: str, value: Any, allowed: tuple[Any, ...] | list[Any]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, allowed))}")
-
-
-def check_positive(key: str, value: float) -> None:
-    """`value` is a finite number above 0 (NaN and inf fail: `nan <= 0` is False)."""
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{key}={value} must be a positive finite number")
-
-
-def check_share(key: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{key}={value} must lie in [0, 1] (a share of the steps)")
 
 
 @dataclass
@@ -250,24 +232,6 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.max_seq_length={self.max_seq_length} must be >= 4")
         check_positive("finetune.lr", self.lr)
         check_share("finetune.warmup_ratio", self.warmup_ratio)
-
-
-def check_seeds(key: str, seeds: list[int]) -> None:
-    if not seeds:
-        raise ConfigError(f"{key} is empty; give at least one seed, e.g. [42]")
-    for seed in seeds:
-        check_seed(key, seed)
-    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
-    if repeated:
-        raise ConfigError(
-            f"{key}={list(seeds)} repeats {', '.join(map(str, repeated))}; give each seed once "
-            "(a repeated seed repeats the same run)"
-        )
-
-
-def check_seed(key: str, seed: int) -> None:
-    if not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"{key}={seed} is outside 0..{MAX_SEED}; use a 32-bit unsigned seed")
 
 
 @dataclass

@@ -24,7 +24,8 @@ import numpy as np
 from matplotlib.axes import Axes
 
 from bertforge.analysis.figures import save_figure
-from bertforge.config import VisualizeConfig, check_choice
+from bertforge.checks import check_choice
+from bertforge.config import VisualizeConfig
 from bertforge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

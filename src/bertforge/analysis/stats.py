@@ -40,7 +40,7 @@ class Summary:
     ci_high: float | None
 
     def describe(self, cell_format: str = "{:.4f}") -> str:
-        """"0.9000 ± 0.0200 [0.8503, 0.9497]", or the mean alone for n = 1."""
+        """ "0.9000 ± 0.0200 [0.8503, 0.9497]", or the mean alone for n = 1."""
         f = cell_format.format
         if self.std is None:
             return f(self.mean)

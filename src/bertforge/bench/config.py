@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from bertforge.config import PathsConfig, check_choice, to_config
+from bertforge.checks import check_choice
+from bertforge.config import PathsConfig, to_config
 from bertforge.errors import ConfigError
 
 SUITES = ("tokenizer", "pretokenize", "pretrain", "experiments", "dataloader", "tsne")

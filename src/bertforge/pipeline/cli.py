@@ -32,9 +32,10 @@ from bertforge.pipeline.distributed import (
     launched_externally,
     patch_lightning_hydra_relaunch,
 )
+from bertforge.pipeline.failures import configured_outputs, exit_interrupted, write_error_message
 from bertforge.pipeline.report import write_job_record
 from bertforge.pipeline.runs import hydra_job, hydra_run_name, register_resolvers
-from bertforge.pipeline.failures import configured_outputs, exit_interrupted, write_error_message
+from bertforge.pipeline.sweeps import wandb_agent_job
 
 EXIT_BAD_INPUT = 2
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # the entry points' config_path
@@ -195,6 +196,7 @@ def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None
         config = to_config(cfg)
         config.run_name = config.run_name or hydra_run_name()
         from bertforge.pipeline.graph import Pipeline  # Lightning & co. once the config is valid
+        from bertforge.pipeline.tracking import resolve_wandb_mode
 
         if config.trainer.num_threads:
             # Oversubscribed cores make OpenMP threads spin: 2 threads per job with 2 jobs on
@@ -206,7 +208,11 @@ def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None
         patch_lightning_hydra_relaunch()
         export_submitit_environment()
         overrides, job = hydra_job()
-        results = Pipeline(config, overrides, job).run(only)
+        with wandb_agent_job() as agent:  # under `wandb agent`: stage runs stay apart from it
+            results = Pipeline(config, overrides, job).run(only)
+            if agent is not None and is_rank_zero():
+                agent.finish(flat_metrics(results), Path(config.paths.outputs),
+                             mode=resolve_wandb_mode(config.logger))  # fmt: skip
     except BertforgeError as exc:
         fail(str(exc))
     except OmegaConfBaseException as exc:
@@ -226,6 +232,11 @@ def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None
     print_summary(results, Path(config.paths.outputs))
     record_job(results)
     return objective(config, results)
+
+
+def flat_metrics(results) -> dict[str, float]:
+    """{"<stage>/<metric>": value} of every stage result."""
+    return {f"{r.stage}/{k}": v for r in results for k, v in r.artifact.metrics.items()}
 
 
 def record_job(results) -> None:
