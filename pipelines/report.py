@@ -20,7 +20,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument(
-        "--metrics", nargs="+", help="stage/metric names, e.g. finetune/eval_accuracy"
+        "--metrics", nargs="+", help="stage/metric names, e.g. finetune/val_accuracy"
     )
     args = parser.parse_args()
     metrics = args.metrics

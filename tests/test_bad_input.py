@@ -400,7 +400,7 @@ def test_bad_input_is_one_line_that_names_the_fix(bad: Case, request, tmp_path, 
             ["task=rte", "finetune.init=hf", "finetune.hf_model={hf}"],
             "task=rte reads local GLUE files: set task.data_dir=<glue_data dir>",
         ),
-    ],  # fmt: skip
+    ],
 )
 def test_entry_points_exit_2_with_one_line(script, args, fragment, shared, tmp_path):
     """The scripts themselves: exit status 2, one line on stderr, no traceback."""

@@ -13,7 +13,8 @@ from conftest import CONF, compose
 GROUP_OPTIONS = {
     group.name: sorted(p.stem for p in group.glob("*.yaml"))
     for group in CONF.iterdir()
-    if group.is_dir() and group.name not in ("hydra", "experiment", "hparams_search", "benchmark")
+    if group.is_dir()
+    and group.name not in ("hydra", "experiment", "hparams_search", "benchmark", "sweeps")
 }
 REQUIRED = {  # options that need a key the user must give
     ("corpus", "text_files"): ["corpus.path=some/dir"],

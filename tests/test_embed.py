@@ -1,4 +1,4 @@
-"""Tests for bertforge.analysis.embed (sentence and word embeddings) and bertforge.analysis.attention."""
+"""Tests for bertforge.analysis.embed (sentence and word embeddings) and .attention."""
 
 import copy
 import json

@@ -102,7 +102,8 @@ def test_finetuned_model_separates_topics_better_than_an_untrained_one(tmp_path)
     TINY's 800-piece vocabulary splits the topic words into fragments: the classifier then
     reached only ~0.6 test accuracy, and the gap over the untrained encoder (~0.15) moved with
     the BLAS thread count and CPU. With 4000 pieces and 1000 examples it is 0.85-0.91 vs
-    0.32-0.37 (seed 1 at 1 and 2 threads, seeds 2-4 at 2 threads), so the margin below is far from the noise."""
+    0.32-0.37 (seed 1 at 1 and 2 threads, seeds 2-4 at 2 threads), so the margin below is far
+    from the noise."""
     common = [
         *TINY, *FAST_VIZ, "extract.words=[]", "visualize.attention_sentences=[]",
         "tokenizer.vocab_size=4000", "corpus.max_documents=2000",

@@ -313,13 +313,13 @@ def test_temporary_checkpoints_of_killed_writers_are_removed_by_the_next_save(tm
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         for pid in (dead.pid, alive.pid):
-            path.with_name(f"last.ckpt.{pid}.tmp").write_bytes(b"cut short")
+            path.with_name(f".last.ckpt.{pid}.tmp").write_bytes(b"cut short")
         save_atomically({"step": 3}, path)
         names = sorted(p.name for p in tmp_path.iterdir())
     finally:
         alive.kill()
         alive.wait()
-    assert names == ["last.ckpt", f"last.ckpt.{alive.pid}.tmp"]  # a live writer's file stays
+    assert names == [f".last.ckpt.{alive.pid}.tmp", "last.ckpt"]  # a live writer's file stays
     assert torch.load(path, weights_only=True) == {"step": 3}
 
 

@@ -104,7 +104,7 @@ def test_digests_are_cached_by_size_and_mtime(tmp_path):
 
 def test_a_missing_input_fails_before_anything_builds(tmp_path):
     cfg = compose(*TINY, "corpus=text_files", f"corpus.path={tmp_path / 'nowhere'}")
-    with pytest.raises(Exception, match="corpus.path=.*nowhere does not exist"):
+    with pytest.raises(Exception, match=r"corpus\.path=.*nowhere does not exist"):
         Pipeline(cfg).check(["pretrain"])
 
 

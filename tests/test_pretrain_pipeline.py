@@ -81,7 +81,7 @@ def test_second_run_reuses_and_loggers_do_not_change_hashes(tiny_run):
 
 
 def test_result_relevant_key_changes_the_hash(tiny_run):
-    outputs, artifacts = tiny_run
+    outputs, _ = tiny_run
     pipeline = Pipeline(compose(*TINY, "pretrain.mask_rate=0.3", outputs=outputs))
     assert pipeline.hashed("pretrain_data") == Pipeline(compose(*TINY)).hashed("pretrain_data")
     assert pipeline.hashed("pretrain") != Pipeline(compose(*TINY)).hashed("pretrain")

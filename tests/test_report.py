@@ -16,7 +16,7 @@ from bertforge.pipeline.report import JOB_FILE, collect, report_figure, write_re
 from conftest import REPO, TINY, child_env
 from wandb_offline import read_offline_run
 
-METRIC = "finetune/eval_accuracy"
+METRIC = "finetune/val_accuracy"
 
 
 def fake_sweep(tmp_path, jobs):
@@ -26,7 +26,7 @@ def fake_sweep(tmp_path, jobs):
         job.mkdir()
         record = {
             "overrides": overrides,
-            "stages": {"finetune": {"metrics": {"eval_accuracy": accuracy}}},
+            "stages": {"finetune": {"metrics": {"val_accuracy": accuracy}}},
         }
         (job / JOB_FILE).write_text(json.dumps(record))
     return tmp_path

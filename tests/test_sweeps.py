@@ -43,7 +43,7 @@ def multirun(tmp_path, *args: str, timeout: float = 600):
     command = [
         sys.executable, str(REPO / "pipelines" / "run.py"), "-m", *TINY, STAGES,
         f"paths.outputs={tmp_path / 'outputs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        "report_metrics=[pretrain/val_loss_mlm,finetune/eval_accuracy]", *args,
+        "report_metrics=[pretrain/val_loss_mlm,finetune/val_accuracy]", *args,
     ]  # fmt: skip
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=child_env()
@@ -211,7 +211,7 @@ def test_hydra_drops_the_experiment_sweep_and_the_callback_takes_its_switch():
 RANDOM = """
     method: random
     run_cap: 6
-    metric: {name: finetune/eval_accuracy, goal: maximize}
+    metric: {name: finetune/val_accuracy, goal: maximize}
     parameters:
       finetune.lr: {distribution: log_uniform_values, min: 1e-5, max: 1e-2}
       finetune.warmup_ratio: {distribution: uniform, min: 0.0, max: 0.2}
@@ -271,7 +271,7 @@ def test_random_points_are_seeded_and_in_range(tmp_path):
         ("method: random\nparameters: {finetune.lr: {distribution: log_uniform_values, min: 0, "
          "max: 1}}", "needs min < max (and 0 < min"),
         ("method: bayes\nparameters: {finetune.lr: {min: 0.1, max: 0.2}}", "metric: give {name"),
-        ("method: grid\nmetric: {name: eval_accuracy, goal: maximize}\nparameters: "
+        ("method: grid\nmetric: {name: val_accuracy, goal: maximize}\nparameters: "
          "{seed: {values: [1]}}", "is not '<stage>/<metric>'"),
         ("method: grid\nprogram: pipelines/train.py\nparameters: {seed: {values: [1]}}",
          "pipelines/train.py is not a file"),
@@ -325,7 +325,7 @@ def test_agent_job_keeps_the_agent_run_for_the_sweep_metric(tmp_path, monkeypatc
     monkeypatch.setenv("WANDB_RUN_ID", "agentrun1")
     with wandb_agent_job() as job:
         assert "WANDB_RUN_ID" not in os.environ and "WANDB_SWEEP_ID" not in os.environ
-        run_dir = job.finish({"finetune/eval_accuracy": 0.75}, tmp_path, mode="offline")
+        run_dir = job.finish({"finetune/val_accuracy": 0.75}, tmp_path, mode="offline")
     assert os.environ["WANDB_RUN_ID"] == "agentrun1"
     for _ in range(100):  # the W&B service may still be writing the file after finish()
         run = read_offline_run(run_dir)
@@ -333,7 +333,7 @@ def test_agent_job_keeps_the_agent_run_for_the_sweep_metric(tmp_path, monkeypatc
             break
         time.sleep(0.1)
     assert run["run"].run_id == "agentrun1"
-    assert any(step.get("finetune/eval_accuracy") == 0.75 for step in run["history"])
+    assert any(step.get("finetune/val_accuracy") == 0.75 for step in run["history"])
     monkeypatch.delenv("WANDB_SWEEP_ID")
     with wandb_agent_job() as job:
         assert job is None
@@ -344,12 +344,12 @@ def test_agent_job_keeps_the_agent_run_for_the_sweep_metric(tmp_path, monkeypatc
 def test_offline_sweep_runs_exactly_the_yaml_points(tmp_path):
     path = sweep_file(tmp_path, """
         method: grid
-        metric: {name: finetune/eval_accuracy, goal: maximize}
+        metric: {name: finetune/val_accuracy, goal: maximize}
         parameters:
           +experiment: {value: nsp_vs_mlm_only}
           pretrain.objective: {values: [mlm_nsp, mlm_only]}
         command: ["${env}", "${interpreter}", "${program}",
-                  "report_metrics=[finetune/eval_accuracy]", "${args_no_hyphens}"]
+                  "report_metrics=[finetune/val_accuracy]", "${args_no_hyphens}"]
     """)  # fmt: skip
     result = subprocess.run(
         [sys.executable, str(REPO / "pipelines" / "sweep.py"), str(path), "--offline", "--",

@@ -1,9 +1,17 @@
-"""Writing files so that readers see the whole file or none of it."""
+"""Writing files so that readers see the whole file or none of it: the one atomic-write helper.
+
+Every writer (artifacts, tokenizer files, embeddings, checkpoints, the metrics CSV) writes to
+`.<name>.<pid>.tmp` beside its target, fsyncs it and renames it into place; a failure removes
+the temporary file and leaves the previous target as it was. Temporary files of writers that
+were killed (the pid is gone) are removed by `remove_dead_temp_files`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +30,51 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it and rename it into place."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield the temporary path to write; on success rename it over `path` (then fsync the
+    directory), on any failure (full disk, Ctrl-C) remove it and leave `path` untouched.
+    The writer fsyncs its own file before the block ends (`write_atomic` does)."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     fsync_directory(path.parent)
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it and rename it into place."""
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def remove_dead_temp_files(directory: Path, *names: str) -> None:
+    """Remove `.<name>.<pid>.tmp` files (for each glob pattern in `names`) whose writer is
+    gone: they were cut short by a kill and would stay beside a finished result forever.
+    Those of a live process (another run writing the same directory) are kept."""
+    for name in names:
+        for tmp in Path(directory).glob(f".{name}.*.tmp"):
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

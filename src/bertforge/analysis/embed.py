@@ -30,6 +30,7 @@ from torch import nn
 
 from bertforge.data.padding import pad_rows
 from bertforge.errors import ConfigError, DataError
+from bertforge.files import remove_dead_temp_files, temporary_name, write_atomic
 from bertforge.model import BertModel
 
 MANIFEST = "embeddings.json"
@@ -137,21 +138,7 @@ def _batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield order[start : start + batch_size]
 
 
-TEMP_FILES = (".layer_*.npy.*.tmp", f".{METADATA}.*.tmp", f".{MANIFEST}.*.tmp")
-
-
-def _remove_temp_files_of_dead_writers(directory: Path) -> None:
-    """Temporary files (`.<name>.<pid>.tmp`) that a killed extraction left behind: they would
-    stay inside the finished artifact forever. Those of a live process are not touched."""
-    for tmp in (path for pattern in TEMP_FILES for path in directory.glob(pattern)):
-        pid = tmp.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)  # raises once the writer is gone
-            except ProcessLookupError:
-                tmp.unlink(missing_ok=True)
-            except PermissionError:  # alive, another user's
-                pass
+TEMP_FILES = ("layer_*.npy", METADATA, MANIFEST)  # killed writers leave `.<name>.<pid>.tmp`
 
 
 class _Output:
@@ -161,16 +148,13 @@ class _Output:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / MANIFEST).unlink(missing_ok=True)  # an old result no longer counts
-        _remove_temp_files_of_dead_writers(self.dir)
+        remove_dead_temp_files(self.dir, *TEMP_FILES)
         self.final = {layer: self.dir / layer_file(layer) for layer in layers}
-        self.tmp = {layer: self._tmp(path) for layer, path in self.final.items()}
+        self.tmp = {layer: temporary_name(path) for layer, path in self.final.items()}
         self.arrays = {
             layer: open_memmap(path, mode="w+", dtype=np.float32, shape=(n_rows, hidden))
             for layer, path in self.tmp.items()
         }
-
-    def _tmp(self, path: Path) -> Path:
-        return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
     def __enter__(self) -> _Output:
         return self
@@ -188,19 +172,14 @@ class _Output:
         self.arrays.clear()
         for layer, path in self.final.items():
             os.replace(self.tmp[layer], path)
-        self._write_text(self.dir / METADATA, "".join(json.dumps(r) + "\n" for r in rows))
-        self._write_text(self.dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        write_atomic(self.dir / METADATA, "".join(json.dumps(r) + "\n" for r in rows))
+        write_atomic(self.dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         return {
             **manifest,
             "dir": str(self.dir),
             "paths": {layer: str(path) for layer, path in self.final.items()},
             "metadata_path": str(self.dir / METADATA),
         }
-
-    def _write_text(self, path: Path, text: str) -> None:
-        tmp = self._tmp(path)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
 
 
 def _check_inputs(texts: Sequence[str], metadata: Sequence[Mapping] | None, batch_size: int):

@@ -12,7 +12,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from bertforge.checks import check_choice
-from bertforge.config import PathsConfig, to_config
+from bertforge.config import PathsConfig, PretrainConfig, TokenizerConfig, to_config
 from bertforge.errors import ConfigError
 
 SUITES = ("tokenizer", "pretokenize", "pretrain", "experiments", "dataloader", "tsne")
@@ -70,15 +70,14 @@ class BenchmarkConfig:
     bucket_window: int = 64  # length bucketing: batches per window sorted by length
     # Data: the embedded BBC News corpus (train split), as the pipeline builds it.
     max_documents: int | None = None  # first N documents only (quick runs)
-    vocab_size: int = 8000
-    mask_rate: float = 0.15
-    short_seq_prob: float = 0.1
-    dupe_factor: int = 1
+    # The pipeline's own stage settings (not copies): the tokenizer, and pretraining's data and
+    # optimiser settings (max_seq_length comes from each case, the schedule is not used).
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     tokenizer_repeats: int = 2  # tokenizer trainings per implementation (median)
     dataloader_batches: int = 30
     tsne_sizes: list[int] = field(default_factory=lambda: [2000])
     tsne_dims: list[int] = field(default_factory=lambda: [64])
-    lr: float = 1e-4
     threads: int | None = None  # torch.set_num_threads before measuring; null: torch's default
     peak_tflops: float | None = None  # dense bf16 peak of the device for MFU; null: look it up
 

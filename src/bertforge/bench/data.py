@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,10 +25,6 @@ def load_texts(cfg: BenchmarkConfig):
     if cfg.max_documents is not None:
         documents = documents[: cfg.max_documents]
     return documents, [d.text for d in documents if d.split == "train"]
-
-
-def tokenizer_config(cfg: BenchmarkConfig) -> TokenizerConfig:
-    return TokenizerConfig(vocab_size=cfg.vocab_size)
 
 
 def train_raw_tokenizer(texts: list[str], cfg: TokenizerConfig):
@@ -56,7 +53,7 @@ def bench_tokenizer(texts: list[str], cfg: BenchmarkConfig):
     """Train ours and the raw pipeline, interleaved; returns (row, our trained tokenizer)."""
     from bertforge.data.tokenizer import train_tokenizer
 
-    tok_cfg = tokenizer_config(cfg)
+    tok_cfg = cfg.tokenizer
     megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     seconds: dict[str, list[float]] = {"ours": [], "raw": []}
     ours = None
@@ -84,12 +81,7 @@ def bench_tokenizer(texts: list[str], cfg: BenchmarkConfig):
 
 
 def pretrain_data_config(cfg: BenchmarkConfig, seq_len: int) -> PretrainConfig:
-    return PretrainConfig(
-        max_seq_length=seq_len,
-        short_seq_prob=cfg.short_seq_prob,
-        dupe_factor=cfg.dupe_factor,
-        mask_rate=cfg.mask_rate,
-    )
+    return replace(cfg.pretrain, max_seq_length=seq_len)
 
 
 def build_example_cache(documents, tokenizer_dir: Path, out_dir: Path, cfg, seq_len, seed):
@@ -126,7 +118,7 @@ def make_datamodule(data_dir: Path, tokenizer, cfg: BenchmarkConfig, batch_size:
     )
 
     collator = MaskedLanguageModelingCollator(
-        special_ids_of(tokenizer), tokenizer.get_vocab_size(), cfg.mask_rate
+        special_ids_of(tokenizer), tokenizer.get_vocab_size(), cfg.pretrain.mask_rate
     )
     data = PretrainingDataModule(data_dir, collator, batch_size, **kwargs)
     data.setup("fit")

@@ -68,7 +68,7 @@ class Benchmark:
         if "tokenizer" in self.b.suites:
             self.result["tokenizer"], self.tokenizer = bdata.bench_tokenizer(texts, self.b)
         else:
-            self.tokenizer = train_tokenizer(texts, bdata.tokenizer_config(self.b))
+            self.tokenizer = train_tokenizer(texts, self.b.tokenizer)
         save_tokenizer(self.tokenizer, self.work / "tokenizer")
 
     def cache(self, seq_len: int) -> Path:
@@ -113,7 +113,7 @@ class Benchmark:
         batches = self.batches(case, b.warmup + b.steps, device)
         ours, hf = bsteps.build_pair(config, device, self.cfg.seed)
         parity = parity_max_abs_diff(ours, hf, batches[0])
-        opt_ours, opt_hf = bsteps.adamw(ours.model, b.lr), bsteps.adamw(hf, b.lr)
+        opt_ours, opt_hf = bsteps.adamw(ours.model, b.pretrain), bsteps.adamw(hf, b.pretrain)
         steps = {
             "ours": bsteps.ours_step(ours, opt_ours, precision),
             "transformers": bsteps.hf_step(hf, opt_hf, precision),
@@ -219,7 +219,7 @@ class Benchmark:
         def step(module=None, impl="default", precision=precision, **kwargs):
             module = copy.deepcopy(base) if module is None else module
             return bsteps.ours_step(
-                module, bsteps.adamw(module.model, b.lr, impl), precision, **kwargs
+                module, bsteps.adamw(module.model, b.pretrain, impl), precision, **kwargs
             )
 
         extra = {}

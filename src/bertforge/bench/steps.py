@@ -17,6 +17,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from bertforge.config import PretrainConfig
 from bertforge.lit.optim import adamw_param_groups, configure_adamw
 from bertforge.lit.pretrain import PretrainingModule
 from bertforge.model import BertConfig, SelfAttention
@@ -96,17 +97,20 @@ def build_pair(cfg: BertConfig, device: torch.device, seed: int):
     return ours, hf
 
 
-def adamw(model: torch.nn.Module, lr: float, impl: str = "default") -> torch.optim.Optimizer:
-    """The optimiser of our training step (lit/optim.py); `impl` forces for-loop/foreach/fused."""
+def adamw(
+    model: torch.nn.Module, cfg: PretrainConfig, impl: str = "default"
+) -> torch.optim.Optimizer:
+    """The optimiser of our training step (lit/optim.py) with the pretrain stage's settings;
+    `impl` forces for-loop/foreach/fused."""
+    opt = dict(lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
     if impl == "default":
         return configure_adamw(
-            model, lr=lr, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-6,
-            warmup_steps=0, total_steps=1,
-        )["optimizer"]  # fmt: skip
+            model, weight_decay=cfg.weight_decay, warmup_steps=0, total_steps=1, **opt
+        )["optimizer"]
     flags = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True)}
     kwargs = flags.get(impl, dict(fused=True))
-    groups = adamw_param_groups(model, 0.01)
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, **kwargs)
+    groups = adamw_param_groups(model, cfg.weight_decay)
+    return torch.optim.AdamW(groups, **opt, **kwargs)
 
 
 def ours_step(module: PretrainingModule, opt, precision: str, full_mlm: bool = False) -> StepFn:

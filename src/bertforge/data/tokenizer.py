@@ -7,7 +7,6 @@ jamo, so accents are stripped between an explicit decomposition and a re-composi
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tokenizers import (
 
 from bertforge.config import SPECIAL_TOKENS, TokenizerConfig
 from bertforge.errors import DataError
+from bertforge.files import write_atomic
 
 PAD, UNK, CLS, SEP, MASK = SPECIAL_TOKENS
 TOKENIZER_FILE = "tokenizer.json"
@@ -101,13 +101,6 @@ def special_token_ids(tok: Tokenizer) -> dict[str, int]:
     return ids
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename, so `path` is either complete or absent."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
     """Write tokenizer.json, vocab.txt and the `transformers` side files to `out_dir`.
 
@@ -116,7 +109,7 @@ def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab = sorted(tok.get_vocab(with_added_tokens=True).items(), key=lambda item: item[1])
-    _write_atomic(out_dir / VOCAB_FILE, "".join(f"{token}\n" for token, _ in vocab))
+    write_atomic(out_dir / VOCAB_FILE, "".join(f"{token}\n" for token, _ in vocab))
     special = {
         "pad_token": PAD,
         "unk_token": UNK,
@@ -124,9 +117,9 @@ def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
         "sep_token": SEP,
         "mask_token": MASK,
     }
-    _write_atomic(out_dir / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
-    _write_atomic(out_dir / TOKENIZER_CONFIG, json.dumps(_tokenizer_config(), indent=2) + "\n")
-    _write_atomic(out_dir / TOKENIZER_FILE, tok.to_str(pretty=True))
+    write_atomic(out_dir / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
+    write_atomic(out_dir / TOKENIZER_CONFIG, json.dumps(_tokenizer_config(), indent=2) + "\n")
+    write_atomic(out_dir / TOKENIZER_FILE, tok.to_str(pretty=True))
 
 
 def _tokenizer_config() -> dict:
@@ -153,7 +146,7 @@ def write_model_max_length(export_dir: Path, model_max_length: int) -> None:
     current = config.get("model_max_length")
     if not isinstance(current, int) or not 0 < current <= model_max_length:
         config["model_max_length"] = model_max_length
-    _write_atomic(path, json.dumps(config, indent=2) + "\n")
+    write_atomic(path, json.dumps(config, indent=2) + "\n")
 
 
 def load_tokenizer(dir_or_file: Path) -> Tokenizer:

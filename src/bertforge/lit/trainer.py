@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import random
@@ -21,6 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from bertforge.config import TrainerConfig
 from bertforge.errors import ConfigError
+from bertforge.files import remove_dead_temp_files, replacing
 
 RNG_KEY = "bertforge_rng_states"
 RUN_ID_KEY = "wandb_run_id"
@@ -103,24 +103,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _remove_stale_temp_files(target: Path) -> None:
-    """`<target>.<pid>.tmp` files left by writers that were killed before renaming them."""
-    for tmp in target.parent.glob(f"{glob.escape(target.name)}.*.tmp"):
-        pid = tmp.name[len(target.name) + 1 : -len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 class _FirstWriteError:
     """A binary file for `torch.save` that keeps the first OSError of a write: torch's zip
     writer turns it into a RuntimeError ("unexpected pos ...") that no longer says the disk
@@ -145,36 +127,22 @@ class _FirstWriteError:
 
 
 def save_atomically(obj: Any, path: Path) -> None:
-    """`torch.save(obj)` to `path` so that `path` is either the old file or the whole new one.
-
-    It writes `<path>.<pid>.tmp` in the same directory, fsyncs it, renames it over `path`
-    (atomic on one file system) and fsyncs the directory. Any failure (full disk, quota, size
-    limit, Ctrl-C) removes the temporary file and leaves the previous `path` as it was; an
-    OSError is re-raised with `path` as its file name."""
+    """`torch.save(obj)` to `path` so that `path` is either the old file or the whole new one
+    (`files.replacing`: a temporary file beside it, fsynced and renamed). Any failure (full
+    disk, quota, size limit, Ctrl-C) leaves the previous `path` as it was; an OSError is
+    re-raised with `path` as its file name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_files(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb", buffering=0) as raw:
-            out = _FirstWriteError(raw)
-            try:
-                torch.save(obj, out)
-            except Exception:
-                if out.error is not None:
-                    raise OSError(out.error.errno, out.error.strerror, str(path)) from None
-                raise
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    remove_dead_temp_files(path.parent, glob.escape(path.name))
+    with replacing(path) as tmp, open(tmp, "wb", buffering=0) as raw:
+        out = _FirstWriteError(raw)
+        try:
+            torch.save(obj, out)
+        except Exception:
+            if out.error is not None:
+                raise OSError(out.error.errno, out.error.strerror, str(path)) from None
+            raise
+        os.fsync(raw.fileno())
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -5,7 +5,7 @@ Hydra override keys, `+experiment` included:
 
     program: pipelines/run.py
     method: grid                     # grid | random | bayes
-    metric: {name: finetune/eval_accuracy, goal: maximize}   # "<stage>/<metric>"
+    metric: {name: finetune/val_accuracy, goal: maximize}   # "<stage>/<metric>"
     parameters:
       +experiment: {value: nsp_vs_mlm_only}
       finetune.lr: {values: [5e-4, 1e-3]}
@@ -252,7 +252,7 @@ def _check_metric(path: Path, metric: Any) -> None:
     if stage not in STAGES or not name:
         raise _fail(
             path, "metric.name", f"{metric.get('name')!r} is not '<stage>/<metric>' with a stage "
-            f"among {', '.join(STAGES)}, e.g. finetune/eval_accuracy",
+            f"among {', '.join(STAGES)}, e.g. finetune/val_accuracy",
         )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from bertforge.config import LoggerConfig
+from bertforge.files import replacing
 from bertforge.pipeline.distributed import is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -143,16 +144,10 @@ class MetricsCSV:
 
     def _rewrite(self, columns: list[str], rows: list[dict[str, Any]]) -> None:
         """Replace the file at once (temporary file and rename): a full disk leaves it as it was."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, columns)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with replacing(self.path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def _step_of(row: dict[str, Any]) -> int:
