@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bertforge.bench.config import BenchmarkRunConfig, to_benchmark_config
 from bertforge.errors import BertforgeError
-from bertforge.pipeline.cli import check_overrides, fail
+from bertforge.pipeline.overrides import check_overrides, fail
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

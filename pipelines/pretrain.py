@@ -6,7 +6,8 @@ python pipelines/pretrain.py [overrides...]
 import hydra
 from omegaconf import DictConfig
 
-from bertforge.pipeline.cli import check_overrides, run_pipeline
+from bertforge.pipeline.cli import run_pipeline
+from bertforge.pipeline.overrides import check_overrides
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -8,7 +8,8 @@ python pipelines/run.py model=bert_mini pretrain.max_steps=2000
 import hydra
 from omegaconf import DictConfig
 
-from bertforge.pipeline.cli import check_overrides, run_pipeline
+from bertforge.pipeline.cli import run_pipeline
+from bertforge.pipeline.overrides import check_overrides
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

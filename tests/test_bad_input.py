@@ -24,7 +24,8 @@ import pytest
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
-from bertforge.pipeline.cli import check_overrides, run_pipeline
+from bertforge.pipeline.cli import run_pipeline
+from bertforge.pipeline.overrides import check_overrides
 from conftest import CONF, TINY, copy_outputs, run_entry_point
 
 MANIFEST = "manifest.json"

@@ -6,8 +6,8 @@ import pytest
 
 from bertforge.config import Config
 from bertforge.errors import ConfigError
-from bertforge.pipeline.cli import check_overrides, unknown_key_message
 from bertforge.pipeline.graph import Pipeline
+from bertforge.pipeline.overrides import check_overrides, unknown_key_message
 from conftest import CONF, compose
 
 GROUP_OPTIONS = {

@@ -126,7 +126,7 @@ def test_paths_outputs_is_read_from_the_config_or_none():
 def test_interrupt_messages_name_the_stage_step_and_checkpoint(tmp_path, capsys):
     from bertforge.lit.trainer import TrainingInterrupted, save_atomically
     from bertforge.pipeline.failures import exit_interrupted, interrupt_message
-    from bertforge.pipeline.store import BuildContext
+    from bertforge.pipeline.stage import BuildContext
 
     outputs = tmp_path / "outputs"
     seed_dir = outputs / "artifacts" / "finetune" / "0123456789ab" / "training" / "seed1"
@@ -147,7 +147,7 @@ def test_interrupt_messages_name_the_stage_step_and_checkpoint(tmp_path, capsys)
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt) as caught:
-        build(BuildContext("tokenizer", "0123456789ab", outputs, {}))
+        build(BuildContext("tokenizer", "0123456789ab", outputs, None, {}, None))
     assert interrupt_message(caught.value, outputs).startswith(
         "interrupted: tokenizer stopped before it was complete; nothing of it was saved"
     )

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+from bertforge.pipeline.stage import BuildContext
+
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 FULL = {errno.ENOSPC: "full", errno.EDQUOT: "over your quota"}
 DENIED = (errno.EACCES, errno.EPERM)
@@ -186,8 +188,6 @@ def _stage_of(root_dir: Path, outputs: Path | None) -> str:
 
 def _stage_in_traceback(exc: BaseException) -> str | None:
     """The stage of the innermost BuildContext on the interrupted call stack, if any."""
-    from bertforge.pipeline.store import BuildContext
-
     stage, tb = None, exc.__traceback__
     while tb is not None:
         for value in tb.tb_frame.f_locals.values():

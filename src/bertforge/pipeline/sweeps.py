@@ -39,6 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from bertforge.errors import ConfigError
+from bertforge.pipeline.overrides import (
+    CONF_DIR,
+    outputs_dir,
+    unknown_key_message,
+    unknown_option_message,
+)
+from bertforge.stages import GRAPH
 
 REPO = Path(__file__).resolve().parents[3]
 METHODS = ("grid", "random", "bayes")
@@ -114,7 +121,6 @@ def _check_value(path: Path, key: str, value: Any) -> None:
 
 def check_key(key: str, values: Sequence[Any] = ()) -> str | None:
     """Why `key` (an override key, maybe `+group`) names nothing in conf/, or None."""
-    from bertforge.pipeline.cli import CONF_DIR, unknown_key_message, unknown_option_message
 
     bare = key.lstrip("+~").split("@", 1)[0]
     top = bare.split(".", 1)[0].split("/", 1)[0]
@@ -244,15 +250,13 @@ def _tracking_args(raw: dict[str, Any]) -> list[str]:
 
 
 def _check_metric(path: Path, metric: Any) -> None:
-    from bertforge.config import STAGES
-
     if not isinstance(metric, dict) or metric.get("goal") not in GOALS:
         raise _fail(path, "metric", f"give {{name: <stage>/<metric>, goal: {' | '.join(GOALS)}}}")
     stage, _, name = str(metric.get("name", "")).partition("/")
-    if stage not in STAGES or not name:
+    if stage not in GRAPH or not name:
         raise _fail(
             path, "metric.name", f"{metric.get('name')!r} is not '<stage>/<metric>' with a stage "
-            f"among {', '.join(STAGES)}, e.g. finetune/val_accuracy",
+            f"among {', '.join(GRAPH)}, e.g. finetune/val_accuracy",
         )  # fmt: skip
 
 
@@ -353,7 +357,6 @@ def offline_commands(
     sweep_dir: Path | None = None,
 ) -> list[list[str]]:
     """The `pipelines/run.py -m` command lines that run the sweep here (see the module doc)."""
-    from bertforge.pipeline.cli import outputs_dir
 
     if sweep.method == "bayes":
         raise ConfigError(
@@ -384,11 +387,15 @@ def offline_commands(
 
 
 def run_offline(commands: list[list[str]]) -> int:
-    """Run the commands one after the other (stop at the first failure); their exit status."""
+    """Run the commands one after the other (stop at the first failure); their exit status.
+    Each is `[sys.executable, <program>, args...]` (`offline_commands`): the interpreter is
+    this one, never a program named by the sweep file."""
     import subprocess
 
     for command in commands:
-        status = subprocess.run(command, cwd=REPO).returncode
+        if command[0] != sys.executable:
+            raise ValueError(f"not a command of offline_commands: {command[:2]}")
+        status = subprocess.run([sys.executable, *command[1:]], cwd=REPO).returncode
         if status:
             return status
     return 0

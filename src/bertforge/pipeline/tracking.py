@@ -273,7 +273,7 @@ class StageLoggers:
             self.loggers.append(
                 TensorBoardLogger(save_dir=artifact_dir, name="tensorboard", version=run_suffix)
             )
-        elif cfg.backend == "wandb":
+        elif cfg.backend == "wandb" and is_rank_zero():  # one W&B run per stage, rank 0's
             tags = [*cfg.tags, stage, *(t[:WANDB_TAG_LENGTH] for t in tags)]
             self.wandb = self._start_wandb(group, outputs, config, tags, resume_id)
             if self.wandb is not None:
