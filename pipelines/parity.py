@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from bertforge.config import to_config
 from bertforge.errors import BertforgeError
 from bertforge.pipeline.cli import check_overrides, fail, omegaconf_message
+from bertforge.pipeline.failures import configured_outputs, exit_interrupted, write_error_message
 from bertforge.pipeline.runs import hydra_run_name
 
 
@@ -29,6 +30,13 @@ def main(cfg: DictConfig) -> None:
         fail(str(exc))
     except OmegaConfBaseException as exc:
         fail(omegaconf_message(exc))
+    except OSError as exc:  # a full disk or an unwritable directory: one line, as the pipeline
+        message = write_error_message(exc, configured_outputs(cfg))
+        if message is None:
+            raise
+        fail(message)
+    except KeyboardInterrupt as exc:
+        exit_interrupted(exc, configured_outputs(cfg))
     print(md.read_text())
     print(f"written: {md.with_suffix('.json')}, {md}")
 
