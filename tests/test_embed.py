@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from bertforge.analysis import embed
-from bertforge.analysis.attention import attention_maps, plot_attention_average, plot_attention_grid
+from bertforge.analysis.attention import (
+    attention_maps,
+    plot_attention_average,
+    plot_attention_layers,
+)
 from bertforge.analysis.embed import (
     extract_sentence_embeddings,
     extract_word_embeddings,
@@ -273,9 +277,9 @@ def test_attention_maps_rows_sum_to_one(bert, tokenizer, tmp_path):
     assert probs.shape == (2, 4, T, T) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
 
-    grid = plot_attention_grid(tokens, probs, tmp_path / "grid.png", "random BERT")
-    average = plot_attention_average(tokens, probs, tmp_path / "average.png")
-    for path in (grid, average):
+    layers = plot_attention_layers(tokens, probs, tmp_path, "attention", "random BERT")
+    average = plot_attention_average(tokens, probs, tmp_path / "average.png", "random BERT")
+    for path in (*layers, average):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     with pytest.raises(DataError, match="attention sentence is empty"):
         attention_maps(bert, tokenizer, "  ")

@@ -45,8 +45,11 @@ def test_extract_writes_arrays_and_metadata(visualized):
 
 def test_visualize_writes_figures_and_quality_numbers(visualized):
     _, visualize = visualized
-    for name in ("tsne", "tsne_snapshots", "tsne_dof", "words", "attention_0", "attention_0_mean"):
+    names = ["tsne", "tsne_snapshots", "tsne_dof", "words", "attention_0_mean"]
+    names += ["attention_0_layer1", "attention_0_layer2"]  # one file per layer of bert_tiny
+    for name in names:
         assert (visualize.path / f"{name}.png").stat().st_size > 10_000, name
+    assert not (visualize.path / "attention_0_layer3.png").exists()
     metrics = visualize.metrics
     for key in ("trustworthiness", "knn_accuracy_2d", "knn_accuracy_hd", "kl_divergence"):
         assert key in metrics
@@ -57,15 +60,21 @@ def test_visualize_writes_figures_and_quality_numbers(visualized):
     assert metrics["dof1_trustworthiness"] == metrics["trustworthiness"]  # computed once
 
 
-def test_wandb_run_holds_images_and_points_table(visualized):
-    _, visualize = visualized
+def test_wandb_run_holds_images_and_the_points_and_words_tables(visualized):
+    extract, visualize = visualized
     manifest = json.loads((visualize.path / "manifest.json").read_text())
     (run,) = [Path(p) for p in manifest["wandb_runs"]]
     files = run / "files"
-    assert list((files / "media" / "images").rglob("*.png"))
-    (table,) = list((files / "media" / "table").rglob("*.table.json"))
-    content = json.loads(table.read_text())
+    images = {p.name.split("_")[0] for p in (files / "media" / "images").rglob("*.png")}
+    assert {"tsne", "words", "attention"} <= images
+    tables = {p.name.split("_")[0]: p for p in (files / "media" / "table").rglob("*.table.json")}
+    content = json.loads(tables["points"].read_text())
     assert content["columns"] == ["x", "y", "label", "text"] and len(content["data"]) == 48
+    words = json.loads(tables["words"].read_text())
+    assert words["columns"] == ["word", "sentence", "x", "y", "layer"]
+    assert len(words["data"]) == sum(extract.metrics[f"occurrences_{w}"] for w in ("said", "year"))
+    word, sentence, _, _, layer = words["data"][0]
+    assert word in sentence.lower() and layer == -1
 
 
 def test_unknown_split_names_the_choices(tiny_outputs):

@@ -94,7 +94,8 @@ def test_pretrained_bbc_news_two_seeds(bbc):
             assert {row[3] for row in predictions[1:]} <= set(BBC_TOPICS)
             png = bbc.path / f"confusion_matrix_seed{seed}_{split}.png"
             assert png.stat().st_size > 1000
-        assert (bbc.path / "logs" / f"seed{seed}" / "metrics.csv").is_file()
+        header = read_csv(bbc.path / "logs" / f"seed{seed}" / "metrics.csv")[0]
+        assert {"train/lr", "train/grad_norm"} <= set(header)
     assert not (bbc.path / "training").exists()  # checkpoints are removed after each seed
 
 

@@ -127,6 +127,14 @@ def test_figure_text_stays_inside_its_axes_and_the_figure(tmp_path):
             assert box.y0 >= page.y0 and box.x0 >= page.x0 and box.x1 <= page.x1
 
 
+def test_difference_panels_show_the_zero_line(tmp_path):
+    fig = report_figure(collect(fake_sweep(tmp_path, TWO_ARMS), [METRIC]))  # CI below zero
+    settings, difference = fig.axes
+    low, high = difference.get_ylim()
+    assert low < -0.15 and high > 0.0  # the whole CI and the dashed zero line
+    assert settings.get_ylim()[0] > 0.5  # the settings' panel does not stretch to zero
+
+
 def test_report_cli(tmp_path):
     sweep = fake_sweep(tmp_path, [(["seed=1"], 0.7), (["seed=2"], 0.9)])
     result = subprocess.run(

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
-from bertforge.analysis.figures import save_figure
+from bertforge.analysis.figures import annotate_points, fit_title, save_figure
 from bertforge.checks import check_choice
 from bertforge.config import VisualizeConfig
 from bertforge.errors import ConfigError, DataError
@@ -350,6 +350,36 @@ def _short_quality(quality: Mapping[str, float]) -> str:
     return f"{first} · trust. {quality['trustworthiness']:.3f}"
 
 
+Annotations = Sequence[tuple[int, str]] | None  # (point index, text) pairs to label
+
+
+def scatter_figure(
+    xy: np.ndarray,
+    labels: Labels,
+    label_names: Names,
+    title: str,
+    quality: Mapping[str, float] | None = None,
+    annotations: Annotations = None,
+):
+    """A scatter plot coloured by label (integer labels are named by `label_names`), with a
+    legend, the quality numbers in a text box and `annotations` on chosen points; the title is
+    wrapped to the figure's width."""
+    xy = np.asarray(xy)
+    groups = _groups(len(xy), labels, label_names)
+    fig, ax = plt.subplots(figsize=(8, 6.5), layout="constrained")
+    _draw(ax, xy, groups)
+    fig.suptitle(fit_title(title, fig.get_figwidth(), 10), fontsize=10)
+    if len(groups) > 1:
+        fig.legend(loc="outside right center", markerscale=2, fontsize=8)
+    if quality:
+        box = {"boxstyle": "round", "facecolor": "white", "alpha": 0.85}
+        text = quality_text(quality)
+        ax.text(0.01, 0.99, text, transform=ax.transAxes, va="top", fontsize=8, bbox=box)
+    if annotations:
+        annotate_points(ax, xy, annotations)
+    return fig
+
+
 def plot_scatter(
     xy: np.ndarray,
     labels: Labels,
@@ -357,20 +387,10 @@ def plot_scatter(
     title: str,
     path: Path,
     quality: Mapping[str, float] | None = None,
+    annotations: Annotations = None,
 ) -> Path:
-    """A scatter plot coloured by label (integer labels are named by `label_names`), with a
-    legend and the quality numbers in a text box."""
-    groups = _groups(len(xy), labels, label_names)
-    fig, ax = plt.subplots(figsize=(8, 6.5), layout="constrained")
-    _draw(ax, np.asarray(xy), groups)
-    ax.set_title(title, fontsize=10)
-    if len(groups) > 1:
-        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2, fontsize=8)
-    if quality:
-        box = {"boxstyle": "round", "facecolor": "white", "alpha": 0.85}
-        text = quality_text(quality)
-        ax.text(0.01, 0.99, text, transform=ax.transAxes, va="top", fontsize=8, bbox=box)
-    return save_figure(fig, path)
+    """`scatter_figure` as a PNG at `path`."""
+    return save_figure(scatter_figure(xy, labels, label_names, title, quality, annotations), path)
 
 
 def _plot_panels(
@@ -387,7 +407,7 @@ def _plot_panels(
     if len(groups) > 1:
         handles, names = axes[0, 0].get_legend_handles_labels()
         fig.legend(handles, names, loc="outside right center", markerscale=2, fontsize=8)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(fit_title(title, width, 11), fontsize=11)
     return save_figure(fig, path)
 
 

@@ -104,6 +104,12 @@ class PretrainingModule(pl.LightningModule):
             }
         )
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the total L2 norm of the gradients (unscaled, accumulated, before clipping)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.losses(batch)
         batch_size = batch["input_ids"].shape[0]

@@ -277,11 +277,12 @@ def _band_below(ax, low: float, high: float) -> None:
     ax.set_ylim(low - 0.35 * span, high + 0.12 * span)
 
 
-def _plot_points(ax, labels, points) -> None:
-    """points: (x, mean, ci_low, ci_high, seed values, label) per setting."""
+def _plot_points(ax, labels, points, also_show: tuple[float, ...] = ()) -> None:
+    """points: (x, mean, ci_low, ci_high, seed values, label) per setting; the y range covers
+    them and the values `also_show` (the zero line of a difference)."""
     import numpy as np
 
-    lows, highs = [], []
+    lows, highs = list(also_show), list(also_show)
     for x, mean, lo, hi, values, text in points:
         if values:
             jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
@@ -322,7 +323,7 @@ def report_figure(report: Report):
 
     metrics = [m for m in report.metrics if any(r.metric == m for r in report.rows)]
     nrows = 2 if report.differences else 1
-    width = max(4.2, 1.5 + 1.3 * len(report.settings))
+    width = max(4.2, 1.5 + 1.5 * len(report.settings))  # 1.5 in: a 22-character tick line
     fig, axes = plt.subplots(
         nrows, len(metrics), figsize=(width * len(metrics), 4.4 * nrows), squeeze=False,
         layout="constrained",
@@ -351,7 +352,7 @@ def report_figure(report: Report):
             for c in comparisons
         ]  # fmt: skip
         ax.axhline(0.0, color="0.3", ls="--", lw=1)
-        _plot_points(ax, labels, diff_points)
+        _plot_points(ax, labels, diff_points, also_show=(0.0,))
         ax.text(0, 0.5, "reference", transform=ax.get_xaxis_transform(), ha="center",
                 va="center", fontsize=8, color="0.4", rotation=90)  # fmt: skip
         ax.set_xlim(-0.6, len(labels) - 0.4)

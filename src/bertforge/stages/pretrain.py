@@ -91,7 +91,10 @@ def build(ctx: BuildContext) -> dict[str, float]:
         for name in TOKENIZER_FILES:
             shutil.copy2(tokenizer_artifact.path / name, export_dir / name)
         write_model_max_length(export_dir, bert_config.max_position_embeddings)
-        curves = plot_training_curves(loggers.csv_path, ctx.path / "loss_curves.png")
+        curves = plot_training_curves(
+            loggers.csv_path, ctx.path / "loss_curves.png",
+            title=f"pretraining {s.model.name} ({p.objective})",
+        )  # fmt: skip
         loggers.log_image("pretrain/loss_curves", ctx.path / "loss_curves.png")
         loggers.log_artifact(export_dir, f"bert-{ctx.hash}", "model")
     ctx.extra |= model_record(f"pretrained {s.model.name}", p.max_seq_length)

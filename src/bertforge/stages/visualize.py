@@ -4,13 +4,16 @@
 - `tsne_snapshots.png`: t-SNE after 250 and 500 updates and at the end;
 - `tsne_dof.png`: the Student-t kernel with dof 1, 10, 100 (why the heavy tail);
 - `methods.png`: t-SNE | UMAP | PCA on the same points;
-- `words.png`: contextual vectors of `extract.words`, one point per occurrence;
-- `attention_<i>.png` / `attention_<i>_mean.png`: attention per layer and head for a sentence.
+- `words.png`: contextual vectors of `extract.words`, one point per occurrence, a few labelled
+  with their sentence (all of them in the W&B table `visualize/words`);
+- `attention_<i>_layer<k>.png`: attention of every head of layer k for sentence i;
+  `attention_<i>_mean.png`: the head average of every layer.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,8 +22,9 @@ import numpy as np
 from bertforge.analysis.attention import (
     attention_maps,
     plot_attention_average,
-    plot_attention_grid,
+    plot_attention_layers,
 )
+from bertforge.analysis.figures import spread_points
 from bertforge.analysis.layouts import (
     METHOD_NAMES,
     Layout,
@@ -58,7 +62,29 @@ def numbers(quality: dict, prefix: str = "") -> dict[str, float]:
 
 
 def layer_name(layer: int) -> str:
-    return "last layer" if layer == -1 else "embedding layer" if layer == 0 else f"layer {layer}"
+    """0: "embedding layer", -1: "last layer", -2: "layer L-1", 3: "layer 3"."""
+    if layer == 0:
+        return "embedding layer"
+    return "last layer" if layer == -1 else f"layer L{layer + 1}" if layer < 0 else f"layer {layer}"
+
+
+ANNOTATED_WORDS = 8  # occurrences labelled with their sentence in words.png
+SNIPPET_CHARS = 22  # characters kept on each side of the word in a label
+WORD_COLUMNS = ["word", "sentence", "x", "y", "layer"]  # the W&B table visualize/words
+
+
+def snippet(row: dict, chars: int = SNIPPET_CHARS) -> str:
+    """The words around one occurrence, e.g. "…sat on the bank of the…", on one line."""
+    text, start, end = row.get("text", ""), row.get("char_start"), row.get("char_end")
+    if start is None or end is None:
+        return " ".join(text.split())[: 2 * chars] + "…"
+    left = text[max(0, start - chars) : start]
+    right = text[end : end + chars]
+    if start > chars:  # drop the cut-off word at either end
+        left = "…" + re.sub(r"^\S*\s", "", left, count=1)
+    if end + chars < len(text):
+        right = re.sub(r"\s\S*$", "", right) + "…"
+    return " ".join((left + text[start:end] + right).split())
 
 
 class Figures:
@@ -121,8 +147,12 @@ class Figures:
         )
 
 
-def word_figure(s: Settings, X: np.ndarray, rows: list[dict], out: Path, title: str) -> dict:
-    """t-SNE (or PCA for few points) of every occurrence of the words of interest."""
+def word_figure(
+    s: Settings, X: np.ndarray, rows: list[dict], out: Path, title: str
+) -> tuple[dict, list[list]]:
+    """t-SNE (or PCA for few points) of every occurrence of the words of interest, a few
+    labelled with their sentence; returns the quality numbers and one table row per occurrence
+    (word, sentence, x, y, layer)."""
     words = [row["word"] for row in rows]
     v = s.visualize
     perplexity = min(v.perplexity, (len(X) - 1) / 3 - 1e-6)
@@ -131,8 +161,16 @@ def word_figure(s: Settings, X: np.ndarray, rows: list[dict], out: Path, title: 
     layout = embed_2d(X, method, v, seed=s.seed, n_jobs=v.n_jobs)
     quality = layout_quality(X, layout, words, k=min(v.knn_k, max(1, len(X) // 2 - 1)))
     title = f"{title}\ncontextual word vectors · {layout.description}"
-    plot_scatter(layout.xy, words, None, title, out, quality)
-    return numbers(quality, "words_")
+    snippets = {}  # the same sentence twice says nothing new: labels come from distinct ones
+    for i in spread_points(layout.xy, words, 3 * ANNOTATED_WORDS):
+        snippets.setdefault(snippet(rows[i]), i)
+    annotations = [(i, text) for text, i in list(snippets.items())[:ANNOTATED_WORDS]]
+    plot_scatter(layout.xy, words, None, title, out, quality, annotations)
+    table = [
+        [row["word"], row.get("context") or row.get("text", "")[:200], float(x), float(y), v.layer]
+        for (x, y), row in zip(layout.xy, rows, strict=True)
+    ]
+    return numbers(quality, "words_"), table
 
 
 def build(ctx: BuildContext) -> dict[str, float]:
@@ -152,20 +190,26 @@ def build(ctx: BuildContext) -> dict[str, float]:
     if v.compare_methods:
         figures.method_panel()
     metrics = dict(figures.metrics)
+    word_table = None
     if has_embeddings(extract, WORDS):
         word_X, word_rows = embeddings_of(extract, WORDS, v.layer)
         figures.figures["words"] = ctx.path / "words.png"
-        metrics |= word_figure(s, np.asarray(word_X), word_rows, ctx.path / "words.png", model_name)
+        word_metrics, word_table = word_figure(
+            s, np.asarray(word_X), word_rows, ctx.path / "words.png",
+            f"{model_name} · {layer_name(v.layer)}",
+        )  # fmt: skip
+        metrics |= word_metrics
 
     if v.attention_sentences:
         encoder = extraction_encoder(extract)
         for i, sentence in enumerate(v.attention_sentences):
             tokens, probs = attention_maps(encoder.bert, encoder.tokenizer, sentence)
-            figures.figures[f"attention_{i}"] = plot_attention_grid(
-                tokens, probs, ctx.path / f"attention_{i}.png", f"{model_name}: “{sentence}”"
-            )
-            figures.figures[f"attention_{i}_mean"] = plot_attention_average(
-                tokens, probs, ctx.path / f"attention_{i}_mean.png", f"{model_name}: head average"
+            title = f"{model_name}: “{sentence}”"
+            stem = f"attention_{i}"
+            for path in plot_attention_layers(tokens, probs, ctx.path, stem, title):
+                figures.figures[path.stem] = path
+            figures.figures[f"{stem}_mean"] = plot_attention_average(
+                tokens, probs, ctx.path / f"{stem}_mean.png", title
             )
 
     points = [
@@ -177,6 +221,8 @@ def build(ctx: BuildContext) -> dict[str, float]:
         for name, path in figures.figures.items():
             loggers.log_image(f"visualize/{name}", path)
         loggers.log_table("visualize/points", ["x", "y", "label", "text"], points)
+        if word_table is not None:
+            loggers.log_table("visualize/words", WORD_COLUMNS, word_table)
         loggers.log_metrics({f"visualize/{k}": value for k, value in metrics.items()})
     ctx.extra["figures"] = {name: str(path) for name, path in figures.figures.items()}
     return metrics
