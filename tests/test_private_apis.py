@@ -173,3 +173,51 @@ def test_wandb_logger_logs_the_step_under_the_key_our_runs_plot_against():
            f"src/bertforge/pipeline/tracking.py _started_wandb_logger() defines "
            f"'trainer/global_step' as the x-axis, WandbLogger logged {run.logged}",
            "the key WandbLogger.log_metrics adds for the step")  # fmt: skip
+
+
+# --- hydra-optuna-sweeper and Hydra: what the optuna_pruning sweeper builds on ------------------
+
+PRUNING_SWEEPER = "src/hydra_plugins/bertforge_optuna_pruning/_impl.py OptunaPruningSweeperImpl"
+PRUNING_RECHECK = (
+    "its sweep() against the plugin's OptunaSweeperImpl.sweep (it is a copy with a pruner, "
+    "trials exposed to in-process jobs and PRUNED trials) and tests/test_optuna_pruning.py"
+)
+
+
+def test_the_optuna_sweeper_internals_we_call_are_there():
+    from hydra_plugins.hydra_optuna_sweeper import _impl
+
+    expected = {  # method -> its parameters
+        "__init__": ["self", "sampler", "direction", "storage", "study_name", "n_trials",
+                     "n_jobs", "max_failure_rate", "search_space", "custom_search_space",
+                     "params"],
+        "_process_searchspace_config": ["self"],
+        "_parse_sweeper_params_config": ["self"],
+        "_configure_trials": ["self", "trials", "search_space_distributions", "fixed_params"],
+        "_get_directions": ["self"],
+        "_to_grid_sampler_choices": ["self", "distribution"],
+        "setup": ["self", "hydra_context", "task_function", "config"],
+    }  # fmt: skip
+    for name, parameters in expected.items():
+        method = getattr(_impl.OptunaSweeperImpl, name, None)
+        found = None if method is None else list(inspect.signature(method).parameters)
+        canary(found == parameters, f"{PRUNING_SWEEPER} calls OptunaSweeperImpl.{name}"
+               f"({', '.join(parameters[1:])}), found {found}", PRUNING_RECHECK)  # fmt: skip
+    found = list(inspect.signature(_impl.create_params_from_overrides).parameters)
+    canary(found == ["arguments"], f"{PRUNING_SWEEPER} calls create_params_from_overrides"
+           f"(arguments), found {found}", PRUNING_RECHECK)  # fmt: skip
+    # attributes its sweep() reads, set by __init__ / setup
+    source = inspect.getsource(_impl.OptunaSweeperImpl)
+    for attribute in ("self.search_space_distributions", "self.launcher", "self.job_idx",
+                      "self.config", "self.sampler", "self.max_failure_rate"):  # fmt: skip
+        canary(f"{attribute} =" in source, f"{PRUNING_SWEEPER} reads {attribute}",
+               PRUNING_RECHECK)  # fmt: skip
+
+
+def test_hydras_basic_launcher_is_the_class_we_take_for_in_process_jobs():
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher, BasicLauncherConf
+
+    canary(BasicLauncherConf._target_ == f"{BasicLauncher.__module__}.BasicLauncher",
+           f"{PRUNING_SWEEPER} exposes trials only to jobs of hydra._internal.core_plugins."
+           "basic_launcher.BasicLauncher (hydra/launcher=basic)",
+           "that Hydra's default launcher still runs jobs in the sweeper's process")  # fmt: skip

@@ -42,6 +42,7 @@ from bertforge.hf import export_hf, load_hf_state_dict, read_hf_checkpoint, reso
 from bertforge.lit.finetune import FinetuningModule
 from bertforge.lit.trainer import batch_plan, last_checkpoint, make_trainer, world_size
 from bertforge.model import BertConfig, BertForSequenceClassification
+from bertforge.pipeline.optuna_pruning import OptunaPruning
 from bertforge.pipeline.stage import BuildContext, Stage
 
 SEED_RESULT = "result.json"  # in a seed's training directory once the seed is complete
@@ -234,7 +235,7 @@ def train_seed(
         gradient_clip_val=f.gradient_clip_val,
         accumulate_grad_batches=accumulate,
         checkpoint_every_n_steps=f.checkpoint_every_n_steps,
-        callbacks=[best, stop],
+        callbacks=[best, stop, OptunaPruning(monitor, "max", report=seed == f.seeds[0])],
     )
     started = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=last_checkpoint(work_dir), weights_only=True)
