@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
+# pytest-xdist workers: one per core (tests/conftest.py gives each one BLAS/OpenMP thread)
+TEST_WORKERS ?= auto
 LOCK_FLAGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bertforge-installed
@@ -22,10 +24,10 @@ run: $(STAMP)
 	$(BIN)/python pipelines/run.py $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not gpu" $(ARGS)
+	$(BIN)/python -m pytest -m "not gpu" -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not gpu and not slow" $(ARGS)
+	$(BIN)/python -m pytest -m "not gpu and not slow" -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python pipelines/benchmark.py $(ARGS)

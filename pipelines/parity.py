@@ -13,8 +13,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bertforge.config import to_config
 from bertforge.errors import BertforgeError
-from bertforge.pipeline.overrides import check_overrides, fail, omegaconf_message
 from bertforge.pipeline.failures import configured_outputs, exit_interrupted, write_error_message
+from bertforge.pipeline.overrides import check_overrides, fail, omegaconf_message
 from bertforge.pipeline.runs import hydra_run_name
 
 

@@ -14,6 +14,11 @@ import pytest
 os.environ.update(
     HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true"
 )
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest worker per core: one BLAS/OpenMP thread each (and in the
+    # processes they start), or the workers' threads wait on each other (10x slower steps).
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

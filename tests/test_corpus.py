@@ -173,6 +173,17 @@ def test_hf_dataset_saved_to_disk(tmp_path):
         hf(path=str(tmp_path / "saved"), text_column="n")
 
 
+def test_hf_dataset_on_a_broken_jsonl_names_file_and_line(tmp_path):
+    """Used to end in three chained tracebacks (pyarrow, datasets, ours)."""
+    data = tmp_path / "broken"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"text": "One."}\n{"text": "Two.\n{"text": "Three."}\n')
+    with pytest.raises(DataError) as info:
+        hf(path=str(data))
+    message = str(info.value)
+    assert "\n" not in message and "train.jsonl" in message, message
+
+
 def test_hf_dataset_missing_path(tmp_path):
     with pytest.raises(DataError, match=r"corpus\.path=.* does not exist"):
         hf(path=str(tmp_path / "absent"))

@@ -16,6 +16,7 @@ DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.p
 STEPS = ["pretrain.max_steps=8", "pretrain.global_batch_size=16", "pretrain.val_check_interval=8"]
 
 
+@pytest.mark.xdist_group("ddp")  # one worker: DDP processes pick ports
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_ddp_matches_single_process_and_only_rank_zero_writes(tiny_upstream, tmp_path):

@@ -302,6 +302,7 @@ def test_vocab_only_checkpoint_tokenizes_like_its_tokenizer_json(tmp_path):
     assert cased.encode("World").ids != built.encode("World").ids
 
 
+@pytest.mark.xdist_group("ddp")  # one worker: DDP processes pick ports
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ddp_on_cpu_trains_every_rank_and_writes_once(tmp_path):

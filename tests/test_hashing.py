@@ -13,6 +13,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from bertforge.config import Config
+from bertforge.errors import DataError
 from bertforge.pipeline.fingerprint import Fingerprints
 from bertforge.pipeline.graph import Pipeline
 from bertforge.pipeline.stage import leaf_fields
@@ -106,6 +107,20 @@ def test_a_missing_input_fails_before_anything_builds(tmp_path):
     cfg = compose(*TINY, "corpus=text_files", f"corpus.path={tmp_path / 'nowhere'}")
     with pytest.raises(Exception, match=r"corpus\.path=.*nowhere does not exist"):
         Pipeline(cfg).check(["pretrain"])
+
+
+def test_a_wrong_task_column_fails_before_anything_builds(tmp_path):
+    """#14.9: a wrong task.text_columns was reported only after tokenizer and pretraining."""
+    (tmp_path / "train.csv").write_text("review,label\ngood film,pos\nbad film,neg\n")
+    (tmp_path / "dev.csv").write_text("review,label\nfine film,pos\n")
+    cfg = compose(
+        *TINY, "task=local_files", f"task.train_file={tmp_path / 'train.csv'}",
+        f"task.validation_file={tmp_path / 'dev.csv'}", "task.text_columns=[text]",
+        outputs=tmp_path / "outputs",
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r"train\.csv has no column 'text'; columns found: review"):
+        Pipeline(cfg).run(["finetune"])
+    assert not list((tmp_path / "outputs").rglob("manifest.json"))  # nothing was built
 
 
 # --- Editing inputs in place -----------------------------------------------------------------

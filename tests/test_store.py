@@ -62,6 +62,19 @@ def test_directory_without_manifest_is_never_reused(tmp_path):
     assert len(calls) == 2 and not rebuilt.reused
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", '"done"', "null", '{"stage": "stage", "ha', ""])
+def test_damaged_or_non_object_manifest_is_rebuilt(tmp_path, text):
+    """A manifest that is not a JSON object (a list, a string, cut short) used to raise an
+    AttributeError traceback; it counts as absent: the artifact is rebuilt."""
+    store, calls = ArtifactStore(tmp_path), []
+    art = store.build("stage", {"a": 1}, {}, counting_builder(calls))
+    (art.path / MANIFEST).write_text(text)
+    assert store.lookup("stage", art.hash) is None
+    rebuilt = store.build("stage", {"a": 1}, {}, counting_builder(calls))
+    assert len(calls) == 2 and not rebuilt.reused
+    assert json.loads((rebuilt.path / MANIFEST).read_text())["hash"] == art.hash
+
+
 def test_failed_build_leaves_nothing_complete(tmp_path):
     store = ArtifactStore(tmp_path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import random
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from bertforge.analysis.figures import save_figure
 from bertforge.analysis.stats import summarize
 from bertforge.data.tasks import TaskData, metric_postfix
+from bertforge.files import write_atomic
 
 RUN_COLUMNS = ("steps", "train_seconds")  # what each seed's row holds beside the metrics
 
@@ -104,8 +106,9 @@ def write_results(rows: list[dict], task: str, model: str, out_dir: Path) -> dic
     """`results.csv` and `results.md`; returns `<metric>` (mean over seeds) with `<metric>_std`
     and `<metric>_ci95` (half-width) when there is more than one seed."""
     columns, table = results_table(rows)
-    with open(out_dir / "results.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([columns, *table])
+    text = io.StringIO()
+    csv.writer(text).writerows([columns, *table])
+    write_atomic(out_dir / "results.csv", text.getvalue())
     metrics = [c for c in columns[1:] if c not in RUN_COLUMNS]
     n = len(rows)
 
@@ -140,5 +143,5 @@ def write_results(rows: list[dict], task: str, model: str, out_dir: Path) -> dic
         "the best checkpoint (chosen on the validation split) scored on the validation split "
         "(GLUE: the dev set); `test_`: the same checkpoint on the test split, scored once.",
     ]
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_atomic(out_dir / "results.md", "\n".join(lines) + "\n")
     return summary

@@ -20,6 +20,7 @@ from bertforge.bench import steps as bsteps
 from bertforge.bench.config import BenchmarkConfig, BenchmarkRunConfig, PretrainCase
 from bertforge.bench.report import environment, markdown
 from bertforge.errors import ConfigError
+from bertforge.files import write_atomic
 from bertforge.model import BertConfig
 
 log = logging.getLogger(__name__)
@@ -386,6 +387,6 @@ def _run(cfg: BenchmarkRunConfig, conf_dir: Path) -> dict:
             "(column 'others'): OpenMP threads then wait on each other and timings collapse; "
             "rerun on a quiet machine"
         )
-    (out_dir / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "benchmark.md").write_text(markdown(result))
+    write_atomic(out_dir / "benchmark.json", json.dumps(result, indent=2) + "\n")
+    write_atomic(out_dir / "benchmark.md", markdown(result))
     return result

@@ -27,6 +27,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from bertforge.config import CorpusConfig
+from bertforge.data.task_files import check_jsonl_lines
 from bertforge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,8 @@ def _load_hf_dataset(cfg: CorpusConfig):
                     keep_in_memory=True,
                 )  # fmt: skip
         return datasets.load_dataset(cfg.name, cfg.config_name, split=cfg.split)
+    except datasets.exceptions.DatasetGenerationError as err:  # a local file did not parse
+        _raise_unparsable(cfg, local, err)
     except (OSError, ValueError) as err:  # FileNotFoundError, ConnectionError, bad split
         lines = str(err).strip().splitlines()
         detail = lines[0].rstrip(".") if lines else type(err).__name__
@@ -209,6 +212,22 @@ def _load_hf_dataset(cfg: CorpusConfig):
             f"cannot load the hf_dataset {target} (split {cfg.split}): {detail}; check "
             "corpus.name/corpus.path/corpus.split (offline runs need a cached or local copy)"
         ) from None
+
+
+def _raise_unparsable(cfg: CorpusConfig, local: Path, err: Exception) -> None:
+    """One line for a local data file that `datasets` could not parse (it chains the parser's,
+    its own and the builder's errors): the file and line of a broken JSON line, else the
+    parser's first line."""
+    for jsonl in [local] if local.is_file() else sorted(local.rglob("*.jsonl")):
+        if jsonl.suffix.lower() == ".jsonl":
+            check_jsonl_lines(jsonl)
+    root = err
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    reason = (str(root).strip().splitlines() or [type(root).__name__])[0]
+    raise DataError(
+        f"corpus.path={cfg.path} could not be parsed ({reason}); fix the file"
+    ) from None
 
 
 def _hf_documents(cfg: CorpusConfig) -> Iterator[Document]:

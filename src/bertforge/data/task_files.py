@@ -280,7 +280,7 @@ def _jsonl_line(path: Path, index: int) -> str:
     return f"record {index + 1}"
 
 
-def _bad_jsonl_line(path: Path) -> None:
+def check_jsonl_lines(path: Path) -> None:
     """Raise the first line that is not a JSON object with unique keys (after a failed load)."""
     for number, line in _non_blank_lines(path):
         try:
@@ -301,7 +301,7 @@ def read_jsonl(path: Path) -> Table:
     except _Unreadable as err:
         if err.empty:
             return Table(path, _empty_table(()), str)
-        _bad_jsonl_line(path)
+        check_jsonl_lines(path)
         raise DataError(
             f"{path} is not readable as JSON lines ({err.reason}); write one object a line with "
             "the same type in each column"

@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 
 from bertforge.analysis.stats import Comparison, compare, format_p, summarize
 from bertforge.errors import DataError
+from bertforge.files import replacing, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def write_job_record(job_dir: Path, overrides: list[str], results) -> None:
             for r in results
         },
     }
-    (Path(job_dir) / JOB_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    write_atomic(Path(job_dir) / JOB_FILE, json.dumps(record, indent=2))
 
 
 def _is_seed(override: str) -> bool:
@@ -243,7 +244,7 @@ def write_csv(report: Report, path: Path) -> None:
     def blank(x: Any) -> Any:
         return "" if x is None else x
 
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for r in report.rows:
@@ -368,7 +369,7 @@ def report_figure(report: Report):
 def write_report(sweep_dir: Path, metrics: list[str]) -> Report:
     sweep_dir = Path(sweep_dir)
     report = collect(sweep_dir, metrics)
-    (sweep_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    write_atomic(sweep_dir / "report.md", render_markdown(report))
     write_csv(report, sweep_dir / "report.csv")
     plot_report(report, sweep_dir / "report.png")
     return report

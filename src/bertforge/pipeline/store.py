@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -187,12 +188,17 @@ class ArtifactStore:
             lock.release()
 
     def _follow_rank_zero(self, stage, hash_, upstream, builder, distributed) -> Artifact:
-        path = self.path_for(stage, hash_)
+        """Train alongside rank 0 (a distributed stage) or not, then wait until rank 0 has
+        written the artifact: the next stage reads its files (a rank that went on at once
+        read the pretrain artifact before rank 0 had written model_config.json)."""
         if distributed:
+            path = self.path_for(stage, hash_)
             path.mkdir(parents=True, exist_ok=True)
             builder(Build(stage, hash_, path))
-            return Artifact(stage, hash_, path, {"metrics": {}}, reused=False)
-        log.info("rank %d waits for rank 0 to build %s %s", global_rank(), stage, hash_)
+        log.info("rank %d waits for rank 0 to complete %s %s", global_rank(), stage, hash_)
+        parent = os.getppid()
         while (found := self.lookup(stage, hash_)) is None:
+            if os.getppid() != parent:  # the launching process (rank 0 or the agent) is gone
+                raise DataError(f"rank 0 stopped before completing {stage} {hash_}; see its log")
             time.sleep(0.5)
         return found

@@ -289,12 +289,21 @@ def keep_model(
     write_model_max_length(hf_dir, model.config.max_position_embeddings)
 
 
+def check(s: Settings) -> None:
+    """At start-up, before any stage builds: the task's files parse, have the configured
+    columns and valid labels (a wrong `task.text_columns` used to surface only after the
+    tokenizer and pretraining had run). The hub is left to the build (a download)."""
+    if s.task.source != "hub":
+        load_task(s.task)
+
+
 STAGE = Stage(
     "finetune",
     Settings,
     build,
     upstream=upstream,
     select=select,
+    check=check,
     distributed=True,
     summary=(
         "val_accuracy", "val_f1", "val_mcc", "val_pearson", "val_spearman",
