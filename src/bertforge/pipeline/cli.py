@@ -25,10 +25,8 @@ from bertforge.pipeline.distributed import (
 from bertforge.pipeline.failures import configured_outputs, exit_interrupted, write_error_message
 from bertforge.pipeline.overrides import fail, omegaconf_message
 from bertforge.pipeline.report import write_job_record
-from bertforge.pipeline.runs import hydra_job, hydra_run_name, register_resolvers
+from bertforge.pipeline.runs import hydra_job, hydra_run_name
 from bertforge.pipeline.sweeps import wandb_agent_job
-
-register_resolvers()
 
 
 def objective(config: Config, results) -> float | None:

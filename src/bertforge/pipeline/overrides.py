@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bertforge.config import Config, to_config
 from bertforge.errors import BertforgeError
+from bertforge.pipeline.runs import register_resolvers
 
 EXIT_BAD_INPUT = 2
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # the entry points' config_path
@@ -33,6 +34,8 @@ WRITE_ERRNOS = {
     errno.EFBIG: "the file size limit (ulimit -f) was reached; raise it or write less",
 }
 HYDRA_ONLY_GROUPS = ("experiment", "hparams_search")  # conf/ groups that only set other keys
+
+register_resolvers()  # `${bertforge.unique:}` in conf/config.yaml, for every entry point
 
 
 def fail(message: str) -> None:
