@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from bertforge.checks import check_choice, check_positive, check_seed, check_seeds, check_share
+from bertforge.data.tasks import TASKS  # the task registry names the tasks
 from bertforge.errors import ConfigError
 from bertforge.model import BertConfig
 
@@ -171,8 +172,6 @@ class TaskConfig:
     max_examples: int | None = None  # cap every split, rows evenly spread (quick runs, tests)
 
     def __post_init__(self) -> None:
-        from bertforge.data.tasks import TASKS  # the registry defines the task names
-
         check_choice("task.name", self.name, tuple(TASKS))
         check_choice("task.source", self.source, ("local", "hub"))
         check_choice("task.task_type", self.task_type, ("classification", "regression"))

@@ -15,12 +15,18 @@ import torch
 
 from bertforge.bench.config import BenchmarkConfig
 from bertforge.config import SPECIAL_TOKENS, PretrainConfig, TokenizerConfig
+from bertforge.data.corpus import load_bbc_news
+from bertforge.data.pretraining import (
+    MaskedLanguageModelingCollator,
+    PretrainingDataModule,
+    special_ids_of,
+    write_pretraining_examples,
+)
+from bertforge.data.tokenizer import train_tokenizer
 
 
 def load_texts(cfg: BenchmarkConfig):
     """(all documents, train-split texts) of the embedded BBC News corpus."""
-    from bertforge.data.corpus import load_bbc_news
-
     documents = load_bbc_news()
     if cfg.max_documents is not None:
         documents = documents[: cfg.max_documents]
@@ -51,8 +57,6 @@ def train_raw_tokenizer(texts: list[str], cfg: TokenizerConfig):
 
 def bench_tokenizer(texts: list[str], cfg: BenchmarkConfig):
     """Train ours and the raw pipeline, interleaved; returns (row, our trained tokenizer)."""
-    from bertforge.data.tokenizer import train_tokenizer
-
     tok_cfg = cfg.tokenizer
     megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     seconds: dict[str, list[float]] = {"ours": [], "raw": []}
@@ -86,8 +90,6 @@ def pretrain_data_config(cfg: BenchmarkConfig, seq_len: int) -> PretrainConfig:
 
 def build_example_cache(documents, tokenizer_dir: Path, out_dir: Path, cfg, seq_len, seed):
     """Write the Arrow example cache for `seq_len`, timed: returns the pre-tokenisation row."""
-    from bertforge.data.pretraining import write_pretraining_examples
-
     started = time.perf_counter()
     stats = write_pretraining_examples(
         documents,
@@ -111,12 +113,6 @@ def build_example_cache(documents, tokenizer_dir: Path, out_dir: Path, cfg, seq_
 
 
 def make_datamodule(data_dir: Path, tokenizer, cfg: BenchmarkConfig, batch_size: int, **kwargs):
-    from bertforge.data.pretraining import (
-        MaskedLanguageModelingCollator,
-        PretrainingDataModule,
-        special_ids_of,
-    )
-
     collator = MaskedLanguageModelingCollator(
         special_ids_of(tokenizer), tokenizer.get_vocab_size(), cfg.pretrain.mask_rate
     )

@@ -29,9 +29,14 @@ import torch
 
 from bertforge.analysis.stats import compare, format_p, format_value, summarize
 from bertforge.config import Config
+from bertforge.data.finetuning import encode_examples, load_checkpoint_tokenizer
+from bertforge.data.task_metrics import build_metrics
 from bertforge.data.tasks import TaskData, load_task, main_metric, metric_postfix
 from bertforge.errors import ConfigError
 from bertforge.files import write_atomic, write_json_atomic
+from bertforge.hf import resolve_hf_model
+from bertforge.lit.trainer import batch_plan, world_size
+from bertforge.pipeline.graph import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +95,6 @@ def metric_names(task: TaskData) -> list[str]:
 
 def total_steps(cfg: Config, n_train: int) -> tuple[int, int]:
     """(optimizer steps per epoch, total steps) as `stages/finetune.train_seed` plans them."""
-    from bertforge.lit.trainer import batch_plan, world_size
-
     f = cfg.finetune
     micro, accumulate = batch_plan(f.global_batch_size, cfg.trainer, f.micro_batch_size, "finetune")
     batches = math.ceil(math.ceil(n_train / world_size(cfg.trainer)) / micro)
@@ -105,8 +108,6 @@ def total_steps(cfg: Config, n_train: int) -> tuple[int, int]:
 
 def run_ours(cfg: Config) -> tuple[dict, dict]:
     """The finetune stage through the Pipeline: ({seed: {metric: value, seconds, steps}}, info)."""
-    from bertforge.pipeline.graph import Pipeline
-
     pipeline = Pipeline(cfg)
     artifact = pipeline.run(["finetune"])[0].artifact
     lines = (artifact.path / "results.csv").read_text(encoding="utf-8").splitlines()
@@ -143,8 +144,6 @@ def encode(tokenizer, task: TaskData, split: str, max_length: int) -> list[dict]
 
 def input_check(cfg: Config, task: TaskData, model_dir: Path, encoded: dict) -> dict:
     """How many examples the reference tokenises differently from our stage."""
-    from bertforge.data.finetuning import encode_examples, load_checkpoint_tokenizer
-
     ours_tok = load_checkpoint_tokenizer(model_dir)
     differ = total = 0
     for split, rows in encoded.items():
@@ -157,7 +156,6 @@ def input_check(cfg: Config, task: TaskData, model_dir: Path, encoded: dict) -> 
 
 def metrics_fn(task: TaskData):
     """`compute_metrics` for the Trainer: our task metrics on the validation split."""
-    from bertforge.data.task_metrics import build_metrics
 
     def compute(eval_pred) -> dict[str, float]:
         logits = torch.as_tensor(eval_pred.predictions).float()
@@ -224,8 +222,6 @@ def train_reference(
 def run_reference(cfg: Config, task: TaskData, cache: Path, work_root: Path) -> tuple[dict, dict]:
     """Every seed of the reference (finished seeds in `cache` are reused): (seeds, info)."""
     from transformers import AutoTokenizer
-
-    from bertforge.hf import resolve_hf_model
 
     model_dir = resolve_hf_model(cfg.finetune.hf_model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

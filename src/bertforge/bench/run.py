@@ -15,10 +15,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from bertforge.analysis.layouts import benchmark_tsne
 from bertforge.bench import data as bdata
 from bertforge.bench import steps as bsteps
 from bertforge.bench.config import BenchmarkConfig, BenchmarkRunConfig, PretrainCase
 from bertforge.bench.report import environment, markdown
+from bertforge.data.pretraining import special_ids_of
+from bertforge.data.tokenizer import save_tokenizer, train_tokenizer
 from bertforge.errors import ConfigError
 from bertforge.files import write_atomic
 from bertforge.model import BertConfig
@@ -63,8 +66,6 @@ class Benchmark:
     # ------------------------------------------------------------------------- data
 
     def prepare(self) -> None:
-        from bertforge.data.tokenizer import save_tokenizer, train_tokenizer
-
         self.documents, texts = bdata.load_texts(self.b)
         if "tokenizer" in self.b.suites:
             self.result["tokenizer"], self.tokenizer = bdata.bench_tokenizer(texts, self.b)
@@ -96,8 +97,6 @@ class Benchmark:
         return torch.device(case.device)
 
     def bert_config(self, case: PretrainCase) -> BertConfig:
-        from bertforge.data.pretraining import special_ids_of
-
         pad = special_ids_of(self.tokenizer).pad
         return model_config(case.model, self.conf_dir, self.tokenizer.get_vocab_size(), pad)
 
@@ -301,11 +300,6 @@ class Benchmark:
         }
 
     def tsne(self) -> None:
-        try:
-            from bertforge.analysis.layouts import benchmark_tsne
-        except ImportError:
-            self.note("t-SNE skipped: bertforge.analysis.layouts has no benchmark_tsne")
-            return
         self.result["tsne"] = benchmark_tsne(
             sizes=tuple(self.b.tsne_sizes), dims=tuple(self.b.tsne_dims), seed=self.cfg.seed
         )

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bertforge.config import PretrainConfig
+from bertforge.hf import bert_config_to_hf_dict, our_state_dict_to_hf
 from bertforge.lit.optim import adamw_param_groups, configure_adamw
 from bertforge.lit.pretrain import PretrainingModule
 from bertforge.model import BertConfig, SelfAttention
@@ -83,8 +84,6 @@ def autocast_for(device: torch.device, precision: str):
 def build_pair(cfg: BertConfig, device: torch.device, seed: int):
     """Our PretrainingModule and an HF BertForPreTraining (SDPA) with identical weights."""
     import transformers
-
-    from bertforge.hf import bert_config_to_hf_dict, our_state_dict_to_hf
 
     torch.manual_seed(seed)
     ours = PretrainingModule.from_config(cfg, objective="mlm_nsp").to(device).train()

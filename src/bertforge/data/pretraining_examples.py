@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bertforge.data.corpus import DOCUMENTS_HINT, iter_sentences
+from bertforge.data.tokenizer import load_tokenizer, special_token_ids
 from bertforge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,6 @@ class SpecialIds:
 
 
 def special_ids_of(tokenizer) -> SpecialIds:
-    from bertforge.data.tokenizer import special_token_ids
-
     ids = special_token_ids(tokenizer)
     return SpecialIds(ids["[PAD]"], ids["[CLS]"], ids["[SEP]"], ids["[MASK]"], tuple(ids.values()))
 
@@ -347,8 +346,6 @@ def write_pretraining_examples(documents, *, tokenizer_dir: Path, out_dir: Path,
     Validation examples come from the corpus' validation split, or, if it has none, from the
     last 5% of the training examples. Returns the numbers recorded in the manifest.
     """
-    from bertforge.data.tokenizer import load_tokenizer
-
     tokenizer = load_tokenizer(tokenizer_dir)
     special = special_ids_of(tokenizer)
     nsp = cfg.objective == "mlm_nsp"

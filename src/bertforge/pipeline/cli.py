@@ -11,10 +11,8 @@ import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
 from bertforge.config import Config, to_config
-from bertforge.errors import BertforgeError
 from bertforge.pipeline.distributed import (
     end_distributed_job,
     export_submitit_environment,
@@ -22,8 +20,8 @@ from bertforge.pipeline.distributed import (
     launched_externally,
     patch_lightning_hydra_relaunch,
 )
-from bertforge.pipeline.failures import configured_outputs, exit_interrupted, write_error_message
-from bertforge.pipeline.overrides import fail, omegaconf_message
+from bertforge.pipeline.failures import one_line_failures
+from bertforge.pipeline.overrides import fail
 from bertforge.pipeline.report import write_job_record
 from bertforge.pipeline.runs import hydra_job, hydra_run_name
 from bertforge.pipeline.sweeps import wandb_agent_job
@@ -52,37 +50,27 @@ def run_pipeline(cfg: DictConfig, only: list[str] | None = None) -> float | None
     logging.getLogger("lightning.pytorch").propagate = False
     own_ranks = not launched_externally()  # ranks this process starts are ended with its job
     try:
-        config = to_config(cfg)
-        config.run_name = config.run_name or hydra_run_name()
-        from bertforge.pipeline.graph import Pipeline  # Lightning & co. once the config is valid
-        from bertforge.pipeline.tracking import resolve_wandb_mode
+        with one_line_failures(cfg):
+            config = to_config(cfg)
+            config.run_name = config.run_name or hydra_run_name()
+            from bertforge.pipeline.graph import Pipeline  # Lightning & co. once it is valid
+            from bertforge.pipeline.tracking import resolve_wandb_mode
 
-        if config.trainer.num_threads:
-            # Oversubscribed cores make OpenMP threads spin: 2 threads per job with 2 jobs on
-            # 2 cores ran a training step 10x slower than 1 thread per job (measured).
-            import torch
+            if config.trainer.num_threads:
+                # Oversubscribed cores make OpenMP threads spin: 2 threads per job with 2 jobs
+                # on 2 cores ran a training step 10x slower than 1 thread per job (measured).
+                import torch
 
-            torch.set_num_threads(config.trainer.num_threads)
+                torch.set_num_threads(config.trainer.num_threads)
 
-        patch_lightning_hydra_relaunch()
-        export_submitit_environment()
-        overrides, job = hydra_job()
-        with wandb_agent_job() as agent:  # under `wandb agent`: stage runs stay apart from it
-            results = Pipeline(config, overrides, job).run(only)
-            if agent is not None and is_rank_zero():
-                agent.finish(flat_metrics(results), Path(config.paths.outputs),
-                             mode=resolve_wandb_mode(config.logger))  # fmt: skip
-    except BertforgeError as exc:
-        fail(str(exc))
-    except OmegaConfBaseException as exc:
-        fail(omegaconf_message(exc))
-    except OSError as exc:
-        message = write_error_message(exc, configured_outputs(cfg))
-        if message is None:
-            raise
-        fail(message)
-    except KeyboardInterrupt as exc:
-        exit_interrupted(exc, configured_outputs(cfg))
+            patch_lightning_hydra_relaunch()
+            export_submitit_environment()
+            overrides, job = hydra_job()
+            with wandb_agent_job() as agent:  # under `wandb agent`: stage runs stay apart
+                results = Pipeline(config, overrides, job).run(only)
+                if agent is not None and is_rank_zero():
+                    agent.finish(flat_metrics(results), Path(config.paths.outputs),
+                                 mode=resolve_wandb_mode(config.logger))  # fmt: skip
     finally:
         if own_ranks:
             end_distributed_job()

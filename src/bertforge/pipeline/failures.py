@@ -11,15 +11,20 @@ TMPDIR when it is the temporary directory's and not the outputs', else the space
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+from omegaconf.errors import OmegaConfBaseException
+
+from bertforge.errors import BertforgeError
+from bertforge.pipeline.overrides import fail, omegaconf_message
 from bertforge.pipeline.stage import BuildContext
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -27,6 +32,25 @@ FULL = {errno.ENOSPC: "full", errno.EDQUOT: "over your quota"}
 DENIED = (errno.EACCES, errno.EPERM)
 WRITE_ERRNOS = (*FULL, errno.EFBIG, *DENIED, errno.EROFS)
 NOT_COMPLETE = "(the unfinished artifact is not marked complete)"
+
+
+@contextlib.contextmanager
+def one_line_failures(cfg: Any) -> Iterator[None]:
+    """What an entry point's job raises, as the user sees it: bad input (ours, OmegaConf's) and
+    a refused write as one line with exit status 2, Ctrl-C as one line with 130."""
+    try:
+        yield
+    except BertforgeError as exc:
+        fail(str(exc))
+    except OmegaConfBaseException as exc:
+        fail(omegaconf_message(exc))
+    except OSError as exc:
+        message = write_error_message(exc, configured_outputs(cfg))
+        if message is None:
+            raise
+        fail(message)
+    except KeyboardInterrupt as exc:
+        exit_interrupted(exc, configured_outputs(cfg))
 
 
 def configured_outputs(cfg: Any) -> Path | None:

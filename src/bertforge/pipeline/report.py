@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from bertforge.analysis.stats import Comparison, compare, format_p, summarize
+from bertforge.config import LoggerConfig
 from bertforge.errors import DataError
 from bertforge.files import replacing, write_atomic
 
@@ -436,10 +438,6 @@ class ReportCallback(Callback):
         self.wandb = wandb
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
-        from omegaconf import OmegaConf
-
-        from bertforge.config import LoggerConfig
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
         metrics = self.metrics or list(OmegaConf.select(config, "report_metrics") or [])
         if not metrics or not any(sweep_dir.glob(f"*/{JOB_FILE}")):

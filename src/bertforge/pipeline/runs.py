@@ -1,9 +1,11 @@
-"""Names of pipeline runs and jobs, and the code version every run records."""
+"""Names of pipeline runs and jobs, the code version every run records, W&B credentials."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import netrc
+import os
 import subprocess
 import uuid
 from datetime import datetime
@@ -71,3 +73,13 @@ def code_version() -> dict[str, str | None]:
     except (OSError, subprocess.TimeoutExpired):
         pass
     return {"version": version, "git_commit": commit, "git_dirty": dirty}
+
+
+def wandb_api_key_present() -> bool:
+    """A W&B API key in the environment or ~/.netrc (what `wandb login` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False

@@ -45,6 +45,7 @@ from bertforge.pipeline.overrides import (
     unknown_key_message,
     unknown_option_message,
 )
+from bertforge.pipeline.runs import wandb_api_key_present
 from bertforge.stages import GRAPH
 
 REPO = Path(__file__).resolve().parents[3]
@@ -405,7 +406,7 @@ def create_wandb_sweep(sweep: Sweep, extra: Sequence[str] = ()) -> str:
     """Create the sweep on the W&B service; returns `entity/project/id` for `wandb agent`."""
     from omegaconf import OmegaConf
 
-    if not _wandb_api_key_present():
+    if not wandb_api_key_present():
         raise ConfigError(
             "creating a W&B sweep needs an API key (set WANDB_API_KEY or run `wandb login`); "
             "or run it here with --offline, or print it with --dry-run"
@@ -417,18 +418,6 @@ def create_wandb_sweep(sweep: Sweep, extra: Sequence[str] = ()) -> str:
     entity = sweep.raw.get("entity")
     sweep_id = wandb.sweep(sweep=wandb_sweep_config(sweep, extra), project=project, entity=entity)
     return "/".join(x for x in (entity, project, sweep_id) if x)
-
-
-def _wandb_api_key_present() -> bool:
-    """`pipeline.tracking.wandb_api_key_present`, without importing Lightning (~8 s) first."""
-    import netrc
-
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import netrc
 import os
 import warnings
 from argparse import Namespace
@@ -26,18 +25,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from bertforge.config import LoggerConfig
 from bertforge.files import replacing
 from bertforge.pipeline.distributed import is_rank_zero
+from bertforge.pipeline.runs import wandb_api_key_present
 
 log = logging.getLogger(__name__)
 WANDB_TAG_LENGTH = 64  # W&B rejects longer tags
-
-
-def wandb_api_key_present() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
 
 
 # Why this process logs offline although logger.mode=online (no API key, or the service did not
