@@ -61,7 +61,8 @@ def tiny_task(directory: Path) -> tuple[Path, Path]:
 @pytest.mark.timeout(120)
 def test_parity_smoke(tmp_path):
     pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (dev extra)")
-    from bertforge.bench.parity import run_parity
+    from bertforge.bench.parity import merge, run_parity
+    from bertforge.errors import ConfigError
 
     model = tiny_checkpoint(tmp_path / "model")
     train, dev = tiny_task(tmp_path)
@@ -102,6 +103,16 @@ def test_parity_smoke(tmp_path):
     again, _ = run_parity(cfg)  # both sides reused: the same numbers
     assert again["ours"]["reused"]
     assert again["reference"]["seeds"] == result["reference"]["seeds"]
+
+    # Seeds run as separate processes merge into one report (here: the same run as "seed 2").
+    other = json.loads(json.dumps(saved).replace('"1": {', '"2": {'))
+    merged = merge([saved, other])
+    assert sorted(merged["ours"]["seeds"]) == [1, 2] and merged["settings"]["seeds"] == [1, 2]
+    assert merged["summary"]["accuracy"]["ours"]["n"] == 2
+    assert merged["summary"]["accuracy"]["difference"]["n"] == 2
+    other["settings"]["lr"] = 1.0
+    with pytest.raises(ConfigError, match=r"differ only in finetune\.seeds"):
+        merge([saved, other])
 
 
 def test_parity_needs_an_hf_checkpoint(tmp_path):

@@ -250,16 +250,16 @@ def run_reference(cfg: Config, task: TaskData, cache: Path, work_root: Path) -> 
 # --- report ------------------------------------------------------------------------------------
 
 
-def summarise(task: TaskData, ours: dict, reference: dict) -> dict:
+def summarise(task: str, metrics: list[str], ours: dict, reference: dict) -> dict:
     """Per metric: each side's n, mean, 95% CI and the paired difference ours - reference."""
     out = {}
-    for metric in metric_names(task):
+    for metric in metrics:
         a = {s: v[metric] for s, v in ours.items() if metric in v}
         b = {s: v[metric] for s, v in reference.items() if metric in v}
         if not a or not b:
             continue
         diff = compare(a, b, "ours", "reference")
-        published = PUBLISHED.get(task.name)
+        published = PUBLISHED.get(task)
         out[metric] = {
             "ours": asdict(summarize(list(a.values()))),
             "reference": asdict(summarize(list(b.values()))),
@@ -268,6 +268,31 @@ def summarise(task: TaskData, ours: dict, reference: dict) -> dict:
             "published": published[1] / 100 if published and published[0] == metric else None,
         }
     return out
+
+
+def merge(results: list[dict]) -> dict:
+    """One report from parity runs that differ only in their seeds (e.g. one seed per process,
+    side by side on a machine's cores): the seeds of all, the statistics over all of them."""
+    first = results[0]
+
+    def same(r: dict) -> tuple:
+        settings = {k: v for k, v in r["settings"].items() if k != "seeds"}
+        return r["task"], r["model"], settings, r["env"]["transformers"]
+
+    for r in results[1:]:
+        if same(r) != same(first):
+            raise ConfigError("parity reports to merge must differ only in finetune.seeds")
+    sides = {
+        side: {int(s): v for r in results for s, v in r[side]["seeds"].items()} for side in SIDES
+    }
+    merged = json.loads(json.dumps(first))
+    merged["settings"]["seeds"] = sorted(sides["ours"])
+    for side in SIDES:
+        merged[side]["seeds"] = sides[side]
+        merged[side]["wall_seconds"] = sum(r[side]["wall_seconds"] for r in results)
+    merged["ours"]["artifact"] = [r["ours"]["artifact"] for r in results]
+    merged["summary"] = summarise(first["task"], list(first["summary"]), *sides.values())
+    return merged
 
 
 def cell(value: float | None, digits: int = 4) -> str:
@@ -385,7 +410,7 @@ def run_parity(cfg: Config) -> tuple[dict, Path]:
         "env": environment(cfg),
         "ours": ours_info | {"seeds": ours, "wall_seconds": ours_wall},
         "reference": {"seeds": reference, "inputs": ref_info, "wall_seconds": ref_wall},
-        "summary": summarise(task, ours, reference),
+        "summary": summarise(task.name, metric_names(task), ours, reference),
         "published": PUBLISHED.get(task.name),
         "differences": DIFFERENCES + ([MID_EPOCH.format(steps % per_epoch, steps)] if mid else []),
     }
