@@ -124,3 +124,17 @@ def test_every_experiment_composes_with_its_sweep(name):
 def test_optuna_search_composes():
     cfg = compose("hparams_search=finetune_optuna")
     assert cfg.optimized_metric == "finetune/val_accuracy"  # selection on validation only
+
+
+def test_quoted_and_interpolated_outputs_are_checked_where_hydra_will_write(
+    tmp_path, monkeypatch
+):
+    """#14.6: `paths.outputs='/x/o'` created `./'/x/o'/` and `${oc.env:X}/o` created
+    `./${oc.env:X}/o`: the start-up check tested the raw string. It resolves values as Hydra
+    will, so it prepares (and checks the writability of) the directory the run will use."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BERTFORGE_TEST_OUT", str(tmp_path / "from env"))
+    check_overrides([f"paths.outputs='{tmp_path}/quoted dir/o'"])
+    check_overrides(["paths.outputs=${oc.env:BERTFORGE_TEST_OUT}/o"])
+    assert (tmp_path / "quoted dir" / "o").is_dir() and (tmp_path / "from env" / "o").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["from env", "quoted dir"]
