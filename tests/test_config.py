@@ -126,9 +126,7 @@ def test_optuna_search_composes():
     assert cfg.optimized_metric == "finetune/val_accuracy"  # selection on validation only
 
 
-def test_quoted_and_interpolated_outputs_are_checked_where_hydra_will_write(
-    tmp_path, monkeypatch
-):
+def test_quoted_and_interpolated_outputs_are_checked_where_hydra_will_write(tmp_path, monkeypatch):
     """#14.6: `paths.outputs='/x/o'` created `./'/x/o'/` and `${oc.env:X}/o` created
     `./${oc.env:X}/o`: the start-up check tested the raw string. It resolves values as Hydra
     will, so it prepares (and checks the writability of) the directory the run will use."""
