@@ -26,7 +26,9 @@ GOLDEN_TOKENIZER = REPO / "tests" / "golden" / "tokenizer_bert_tiny_test.json"
 def tiny_run(tiny_upstream):
     """The session's tiny upstream (read-only here: tests that build copy it first)."""
     pipeline = Pipeline(compose(*TINY, outputs=tiny_upstream))
-    return tiny_upstream, {name: pipeline.artifact(name) for name in ("tokenizer", "pretrain")}
+    return tiny_upstream, {
+        name: pipeline.artifact(name) for name in ("tokenizer", "pretrain_data", "pretrain")
+    }
 
 
 def test_artifacts_and_manifests(tiny_run):
@@ -69,6 +71,10 @@ def test_wandb_offline_run_holds_metrics_and_config(tiny_run):
     tokenizer_run = read_offline_run(Path(tokenizer_runs[0]))
     assert tokenizer_run["run"].job_type == "tokenizer"
     assert any("tokenizer/unk_rate" in row for row in tokenizer_run["history"])
+    data_runs = json.loads((artifacts["pretrain_data"].path / MANIFEST).read_text())["wandb_runs"]
+    data_run = read_offline_run(Path(data_runs[0]))
+    assert data_run["run"].job_type == "pretrain_data"
+    assert any("pretrain_data/train_examples" in row for row in data_run["history"])
 
 
 def test_second_run_reuses_and_loggers_do_not_change_hashes(tiny_run):

@@ -192,7 +192,8 @@ def test_a_real_multirun_ends_with_the_report_and_its_wandb_run(tmp_path):
         ("report", False): 1,
         ("tokenizer", False): 1,  # built by the first job,
         ("tokenizer", True): 3,  # and a short `reused` run in each other job's group
-        ("pretrain_data", True): 2,  # built once per seed (no run of its own), reused by 2 jobs
+        ("pretrain_data", False): 2,  # built once per seed,
+        ("pretrain_data", True): 2,  # reused by the other mask rate's jobs
         ("pretrain", False): 4,
         ("finetune", False): 4,
     }

@@ -20,13 +20,16 @@ class Settings:
 
 def build(ctx: BuildContext) -> dict[str, float]:
     s: Settings = ctx.settings
-    return write_pretraining_examples(
-        load_documents(s.corpus),
-        tokenizer_dir=ctx.upstream["tokenizer"].path,
-        out_dir=ctx.path,
-        cfg=s.pretrain,
-        seed=s.seed,
-    )
+    with ctx.loggers() as loggers:  # a run of its own: the example statistics, in the lineage
+        metrics = write_pretraining_examples(
+            load_documents(s.corpus),
+            tokenizer_dir=ctx.upstream["tokenizer"].path,
+            out_dir=ctx.path,
+            cfg=s.pretrain,
+            seed=s.seed,
+        )
+        loggers.log_metrics({f"pretrain_data/{k}": v for k, v in metrics.items()})
+    return metrics
 
 
 STAGE = Stage(
