@@ -32,13 +32,18 @@ def fsync_directory(directory: Path) -> None:
 
 @contextlib.contextmanager
 def replacing(path: Path) -> Iterator[Path]:
-    """Yield the temporary path to write; on success rename it over `path` (then fsync the
-    directory), on any failure (full disk, Ctrl-C) remove it and leave `path` untouched.
-    The writer fsyncs its own file before the block ends (`write_atomic` does)."""
+    """Yield the temporary path to write (and close); on success fsync it, rename it over
+    `path` and fsync the directory; on any failure (full disk, Ctrl-C) remove it and leave
+    `path` untouched."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
         yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -51,8 +56,6 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync it and rename it into place."""
     with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -142,7 +142,6 @@ def save_atomically(obj: Any, path: Path) -> None:
             if out.error is not None:
                 raise OSError(out.error.errno, out.error.strerror, str(path)) from None
             raise
-        os.fsync(raw.fileno())
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
