@@ -384,8 +384,8 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
     log_artifacts: bool = True
     init_timeout: float = 30.0  # seconds to wait for the W&B service before going offline
-    # W&B's system-metric sampling and console capture: off, since on 2 CPU cores they halved a
-    # bert_tiny step's throughput (README, "Tracking"); switch on for GPU runs.
+    # W&B's system-metric sampling and console capture: off, since on 2 CPU cores they cost up
+    # to half a small model's throughput (README, "Every run complete in W&B"); on for GPU runs.
     system_metrics: bool = False
     console: bool = False
 
