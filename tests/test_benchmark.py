@@ -83,8 +83,8 @@ def test_cuda_cases_are_skipped_with_a_note_on_cpu(tmp_path):
     assert any("no CUDA device" in note for note in result["notes"])
 
 
-def test_tsne_suite_calls_viz_benchmark_tsne_or_notes_its_absence(tmp_path, monkeypatch):
-    import bertforge.analysis.layouts
+def test_tsne_suite_calls_benchmark_tsne(tmp_path, monkeypatch):
+    import bertforge.bench.run
     from bertforge.bench.run import run_benchmark
 
     calls = []
@@ -97,14 +97,10 @@ def test_tsne_suite_calls_viz_benchmark_tsne_or_notes_its_absence(tmp_path, monk
         "benchmark=smoke", "benchmark.suites=[tsne]", "benchmark.tsne_sizes=[300]",
         "benchmark.tsne_dims=[16]", f"paths.outputs={tmp_path}",
     )  # fmt: skip
-    monkeypatch.setattr(bertforge.analysis.layouts, "benchmark_tsne", fake, raising=False)
+    monkeypatch.setattr(bertforge.bench.run, "benchmark_tsne", fake)
     result = run_benchmark(cfg, CONF)
     assert calls == [((300,), (16,), 0)] and result["tsne"][0]["seconds"] == 1.5
     assert "| 300 | 16 | opentsne | 1.5 |" in (tmp_path / "benchmark" / "benchmark.md").read_text()
-
-    monkeypatch.delattr(bertforge.analysis.layouts, "benchmark_tsne")
-    result = run_benchmark(cfg, CONF)
-    assert "tsne" not in result and any("t-SNE skipped" in n for n in result["notes"])
 
 
 def test_schema_rejects_bad_values_and_keys():
