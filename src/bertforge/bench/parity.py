@@ -16,6 +16,7 @@ in `parity/reference/<finetune artifact hash>-transformers<version>/`; delete it
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -110,11 +111,10 @@ def run_ours(cfg: Config) -> tuple[dict, dict]:
     """The finetune stage through the Pipeline: ({seed: {metric: value, seconds, steps}}, info)."""
     pipeline = Pipeline(cfg)
     artifact = pipeline.run(["finetune"])[0].artifact
-    lines = (artifact.path / "results.csv").read_text(encoding="utf-8").splitlines()
-    columns = lines[0].split(",")
+    with open(artifact.path / "results.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
     seeds = {}
-    for line in lines[1:]:
-        row = dict(zip(columns, line.split(","), strict=True))
+    for row in rows:
         if row["seed"].isdigit():  # not the mean/std/CI rows
             values = {k[len("val_") :]: float(v) for k, v in row.items() if k.startswith("val_")}
             seeds[int(row["seed"])] = values | {

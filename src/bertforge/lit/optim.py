@@ -1,7 +1,9 @@
-"""AdamW with BERT's weight-decay exemptions and a linear warmup + linear decay schedule."""
+"""AdamW with BERT's weight-decay exemptions and a linear warmup + linear decay schedule; the
+gradient norm both training modules log."""
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import torch
 from torch import nn
 
@@ -61,3 +63,11 @@ def configure_adamw_from_hparams(model: nn.Module, hp, total_steps: int) -> dict
         warmup_steps=hp.warmup_steps,
         total_steps=total_steps,
     )
+
+
+def log_grad_norm(module: pl.LightningModule) -> None:
+    """Log `train/grad_norm`: the total L2 norm of the gradients about to be applied (unscaled,
+    accumulated, before clipping), from a module's `on_before_optimizer_step`."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if grads:
+        module.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))

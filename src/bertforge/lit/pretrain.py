@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from bertforge.errors import TrainingDivergedError
-from bertforge.lit.optim import configure_adamw_from_hparams
+from bertforge.lit.optim import configure_adamw_from_hparams, log_grad_norm
 from bertforge.model import BertConfig, BertForPreTraining
 
 
@@ -105,10 +105,7 @@ class PretrainingModule(pl.LightningModule):
         )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the total L2 norm of the gradients (unscaled, accumulated, before clipping)."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+        log_grad_norm(self)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.losses(batch)

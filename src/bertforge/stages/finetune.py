@@ -15,7 +15,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -137,7 +137,7 @@ def build(ctx: BuildContext) -> dict[str, float]:
     """
     s: Settings = ctx.settings
     f = s.finetune
-    task = load_task(s.task)
+    task = _checked_tasks.pop(_task_key(s.task), None) or load_task(s.task)
     if f.global_batch_size > (n := len(task.splits["train"])):
         raise ConfigError(
             f"finetune.global_batch_size={f.global_batch_size} exceeds the {n} training examples "
@@ -289,12 +289,22 @@ def keep_model(
     write_model_max_length(hf_dir, model.config.max_position_embeddings)
 
 
+# The task parsed by `check` at start-up, handed to this run's build (parsed once, not twice;
+# a later run parses its files again, so an edited file is never served from here).
+_checked_tasks: dict[str, TaskData] = {}
+
+
+def _task_key(task: TaskConfig) -> str:
+    return json.dumps(asdict(task), sort_keys=True, default=str)
+
+
 def check(s: Settings) -> None:
     """At start-up, before any stage builds: the task's files parse, have the configured
     columns and valid labels (a wrong `task.text_columns` used to surface only after the
     tokenizer and pretraining had run). The hub is left to the build (a download)."""
+    _checked_tasks.clear()
     if s.task.source != "hub":
-        load_task(s.task)
+        _checked_tasks[_task_key(s.task)] = load_task(s.task)
 
 
 STAGE = Stage(
