@@ -73,6 +73,10 @@ def test_main_metrics():
         "rte": "accuracy",
         "wnli": "accuracy",
         "bbc_news": "accuracy",
+        "nsmc": "accuracy",
+        "korsts": "pearson",
+        "klue_nli": "accuracy",
+        "klue_sts": "pearson",
         "local_files": "accuracy",
     }
     assert {name: main_metric(name) for name in TASKS} == expected

@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from bertforge.checks import check_choice, check_positive, check_seed, check_seeds, check_share
-from bertforge.data.tasks import TASKS  # the task registry names the tasks
+from bertforge.data.tasks import TASKS, get_task_spec  # the task registry names the tasks
 from bertforge.errors import ConfigError
 from bertforge.model import BertConfig
 
@@ -160,7 +160,7 @@ class TaskConfig:
 
     name: str = "bbc_news"  # one of bertforge.data.tasks.TASKS (= the files in conf/task/)
     source: str = "local"  # GLUE only: local (task.data_dir) | hub (nyu-mll/glue)
-    data_dir: str | None = input_path()  # GLUE root holding <TASK>/train.tsv, <TASK>/dev.tsv
+    data_dir: str | None = input_path()  # GLUE root (<TASK>/train.tsv ...), Korean tasks' dir
     hub_name: str = "nyu-mll/glue"
     train_file: str | None = input_path()  # local_files: csv / tsv / jsonl / parquet
     validation_file: str | None = input_path()
@@ -170,6 +170,11 @@ class TaskConfig:
     task_type: str = "classification"  # local_files: classification | regression
     label_names: list[str] | None = None  # local_files: given, or discovered from train
     max_examples: int | None = None  # cap every split, rows evenly spread (quick runs, tests)
+    # Low-resource fine-tuning: k training examples per class (classification), or a cap on the
+    # train split alone; drawn with subset_seed, so that every run seed trains on the same subset
+    train_per_class: int | None = None
+    max_train_examples: int | None = None
+    subset_seed: int = 0
 
     def __post_init__(self) -> None:
         check_choice("task.name", self.name, tuple(TASKS))
@@ -183,10 +188,18 @@ class TaskConfig:
             raise ConfigError(
                 "task=local_files needs task.text_columns=[col] or [col_a,col_b] (one or two)"
             )
-        if self.max_examples is not None and self.max_examples < 1:
+        for key in ("max_examples", "train_per_class", "max_train_examples"):
+            if (value := getattr(self, key)) is not None and value < 1:
+                raise ConfigError(f"task.{key}={value} must be >= 1 (or null for every example)")
+        if self.train_per_class is not None and self.max_train_examples is not None:
+            raise ConfigError("set task.train_per_class or task.max_train_examples, not both")
+        regression = get_task_spec(self.name, self.task_type).task_type == "regression"
+        if self.train_per_class is not None and regression:
             raise ConfigError(
-                f"task.max_examples={self.max_examples} must be >= 1 (or null for every example)"
+                f"task.train_per_class needs classes; task={self.name} is regression: use "
+                "task.max_train_examples"
             )
+        check_seed("task.subset_seed", self.subset_seed)
 
 
 @dataclass

@@ -10,11 +10,12 @@ non-numeric regression targets. Label cells are stripped of surrounding whitespa
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from bertforge.data.task_files import Table, read_delimited, read_local_file
+from bertforge.data.task_files import Table, read_delimited, read_json_records, read_local_file
 from bertforge.data.tasks import Example, TaskData, TaskSpec
 from bertforge.errors import ConfigError, DataError
 
@@ -26,23 +27,32 @@ if TYPE_CHECKING:
 
 
 def load_glue_files(spec: TaskSpec, cfg: TaskConfig) -> TaskData:
-    """The GLUE TSV files of `spec` below `cfg.data_dir` (`<data_dir>/<glue_dir>/<file>`)."""
-    layout = " and ".join(f"{spec.glue_dir}/{file}" for _, file in spec.glue_files)
+    """The files of `spec` below `cfg.data_dir` (`<data_dir>/<glue_dir>/<file>`): GLUE's TSVs,
+    or a Korean task's TSV / JSON files; splits the files lack are derived (`spec.derive_from`).
+    A test split, where there is one, is the reported one."""
+    layout = " and ".join(PurePosixPath(spec.glue_dir or "", file).as_posix()
+                          for _, file in spec.glue_files)  # fmt: skip
+    glue = bool(spec.hub_text_columns)
     if not cfg.data_dir:
         raise ConfigError(
             f"task={spec.name} reads local GLUE files: set task.data_dir=<glue_data dir> holding "
             f"{layout} (or task.source=hub)"
+            if glue
+            else f"task={spec.name} reads local files: set task.data_dir=<dir> holding {layout}"
         )
     root = Path(cfg.data_dir)
     if not root.is_dir():
         raise DataError(f"task.data_dir={root} is not a directory; it must hold {layout}")
-    paths = {split: root / spec.glue_dir / file for split, file in spec.glue_files}
+    paths = {split: root.joinpath(spec.glue_dir or "", file) for split, file in spec.glue_files}
     for path in paths.values():
         if not path.is_file():
             raise DataError(f"{path} not found; task.data_dir={root} must hold {layout}")
     splits = {}
     for split, path in paths.items():
-        table = read_delimited(path, "\t", csv.QUOTE_NONE, spec.header, spec.skip_short_rows)
+        if path.suffix == ".json":
+            table = read_json_records(path)
+        else:
+            table = read_delimited(path, "\t", csv.QUOTE_NONE, spec.header, spec.skip_short_rows)
         splits[split] = table_examples(
             table,
             split,
@@ -51,9 +61,32 @@ def load_glue_files(spec: TaskSpec, cfg: TaskConfig) -> TaskData:
             spec.task_type,
             spec.file_labels,
             user_columns=False,
+            id_column=spec.id_column,
         )
+    if spec.derive_from:  # the derived splits take the source file's place, in order
+        source, shares = spec.derive_from
+        derived = derive_splits(splits[source], shares)
+        splits = {k: v for s, rows in splits.items()
+                  for k, v in (derived.items() if s == source else [(s, rows)])}  # fmt: skip
     label_names = list(spec.label_names) if spec.label_names else None
-    return TaskData(spec.name, spec.task_type, label_names, splits)
+    eval_split = "test" if "test" in splits else "validation"
+    return TaskData(spec.name, spec.task_type, label_names, splits, eval_split)
+
+
+def derive_splits(rows: list[Example], shares: tuple[tuple[str, int], ...]) -> dict:
+    """`rows` divided into splits by a SHA-256 hash of each example's id: `shares` gives each
+    split's percentage, in order. The same id always lands in the same split, whatever the
+    order of the file or the rows beside it."""
+    bounds, total = [], 0
+    for split, percent in shares:
+        total += percent
+        bounds.append((total, split))
+    splits: dict[str, list[Example]] = {split: [] for split, _ in shares}
+    for example in rows:
+        digest = hashlib.sha256(example.id.encode("utf-8")).digest()
+        bucket = int.from_bytes(digest[:8], "big") % total
+        splits[next(split for bound, split in bounds if bucket < bound)].append(example)
+    return splits
 
 
 def load_local_files(cfg: TaskConfig) -> TaskData:
@@ -92,7 +125,7 @@ def _require_columns(table: Table, columns: tuple[str, ...], user_columns: bool)
     fix = (
         "set task.text_columns / task.label_column"
         if user_columns
-        else "expected the official GLUE layout"
+        else "expected the task's official layout"
     )
     for column in columns:
         if column not in table.columns:
@@ -130,13 +163,16 @@ def table_examples(
     task_type: str,
     file_labels: tuple[str, ...] | None,
     user_columns: bool,
+    id_column: str | None = None,
 ) -> list[Example]:
     """One Example a row; `file_labels` lists the label values in class-index order.
 
     `user_columns`: the columns and labels come from task.* keys (local_files), so the error
-    messages point at those keys; otherwise they are GLUE's fixed layout.
+    messages point at those keys; otherwise they are the task's fixed layout. `id_column`: the
+    examples' ids (else "<split>-<position>").
     """
-    _require_columns(table, (*text_columns, label_column), user_columns)
+    _require_columns(table, (*text_columns, label_column, *filter(None, [id_column])), user_columns)
+    ids = [str(i) for i in table.column(id_column)] if id_column else None
     label_index = {label: n for n, label in enumerate(file_labels or ())}
     texts = [table.column(column) for column in text_columns]
     for column, values in zip(text_columns, texts, strict=True):
@@ -177,7 +213,8 @@ def table_examples(
                     )
                 )
             label = known[key] = label_index[name]
-        examples.append(Example(text_a[position], text_b[position], label, f"{split}-{position}"))
+        example_id = ids[position] if ids else f"{split}-{position}"
+        examples.append(Example(text_a[position], text_b[position], label, example_id))
     return examples
 
 

@@ -312,6 +312,41 @@ def read_jsonl(path: Path) -> Table:
     return Table(path, dataset.data.table, functools.partial(_jsonl_line, path), frozenset(mixed))
 
 
+def read_json_records(path: Path) -> Table:
+    """A JSON file holding one array of objects (KLUE's layout); a nested object's keys become
+    dotted columns ("labels": {"label": 4.9} -> "labels.label"). Columns of mixed types are
+    JSON-encoded, as in `read_jsonl`."""
+    import pyarrow as pa
+
+    check_utf8(path)
+    try:
+        records = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}, line {err.lineno}: {err.msg}; fix the JSON") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise DataError(f"{path} is not a JSON array of objects; write [{{...}}, {{...}}]")
+    rows = [dict(_flatten(record)) for record in records]
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    columns, mixed = {}, set()
+    for name in names:
+        values = [row.get(name) for row in rows]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[name] = pa.array([None if v is None else json.dumps(v) for v in values])
+            mixed.add(name)
+    data = pa.table(columns) if names else _empty_table(())
+    return Table(path, data, lambda i: f"record {i + 1}", frozenset(mixed))
+
+
+def _flatten(record: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in record.items():
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def read_parquet(path: Path) -> Table:
     import pyarrow as pa
     import pyarrow.parquet as pq

