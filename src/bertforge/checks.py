@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from bertforge.errors import ConfigError
@@ -42,3 +43,10 @@ def check_seeds(key: str, seeds: list[int]) -> None:
 def check_seed(key: str, seed: int) -> None:
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"{key}={seed} is outside 0..{MAX_SEED}; use a 32-bit unsigned seed")
+
+
+def check_regex(key: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"{key}={pattern!r} is not a regular expression ({err})") from None

@@ -19,8 +19,16 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from bertforge.checks import check_choice, check_positive, check_seed, check_seeds, check_share
-from bertforge.data.tasks import TASKS, get_task_spec  # the task registry names the tasks
+from bertforge.checks import (
+    check_choice,
+    check_positive,
+    check_regex,
+    check_seed,
+    check_seeds,
+    check_share,
+)
+from bertforge.data.task_subsets import check_subset_keys
+from bertforge.data.tasks import TASKS  # the task registry names the tasks
 from bertforge.errors import ConfigError
 from bertforge.model import BertConfig
 
@@ -31,10 +39,12 @@ def watch_only(default: Any = MISSING, *, default_factory: Any = MISSING) -> Any
     return field(default=default, default_factory=default_factory, metadata={"hashed": False})
 
 
-def input_path(kind: str = "path") -> Any:
+def input_path(kind: str = "path", many: bool = False) -> Any:
     """A file, directory or glob that a stage reads (`kind` "path"), or an HF checkpoint that
-    may also be a Hub name (`kind` "hf_model"): hashed by content, not by name."""
-    return field(default=None, metadata={"input": kind})
+    may also be a Hub name (`kind` "hf_model"): hashed by content, not by name. `many`: a list
+    of them (default empty), each hashed by content."""
+    default = {"default_factory": list} if many else {"default": None}
+    return field(**default, metadata={"input": kind})
 
 
 @dataclass
@@ -44,24 +54,34 @@ class PathsConfig:
 
 @dataclass
 class CorpusConfig:
-    """Pretraining text. `source` is set by the chosen `corpus=` group option."""
+    """Pretraining text. `source` is set by the chosen `corpus=` group option; text files
+    (`path`, `extra_paths`) are read as `format` says."""
 
     source: str = "embedded"  # embedded | text_files | hf_dataset
     path: str | None = input_path()  # text_files: file, directory or glob; hf_dataset: local
     name: str | None = None  # hf_dataset: dataset name on the Hub
     config_name: str | None = None
     split: str = "train"
-    text_column: str = "text"
+    text_column: str = "text"  # hf_dataset; format=lines: the column of a .tsv / .csv file
     max_documents: int | None = None  # keep only the first N documents (quick runs)
+    # Text files added to any source (each a file, directory or glob, read like corpus.path)
+    extra_paths: list[str] = input_path(many=True)
+    format: str = "documents"  # documents: a file or blank-line block each | lines: a line each
+    document_marker: str | None = None  # documents: a regex; matching lines start a document
 
     def __post_init__(self) -> None:
         check_choice("corpus.source", self.source, ("embedded", "text_files", "hf_dataset"))
+        check_choice("corpus.format", self.format, ("documents", "lines"))
         if self.source == "text_files" and not self.path:
             raise ConfigError("corpus=text_files needs corpus.path=<file, directory or glob>")
         if self.source == "hf_dataset" and not (self.name or self.path):
             raise ConfigError("corpus=hf_dataset needs corpus.name=<dataset> or corpus.path=<dir>")
         if self.max_documents is not None and self.max_documents < 1:
             raise ConfigError("corpus.max_documents must be >= 1 (or null for all documents)")
+        if self.document_marker is not None:
+            check_regex("corpus.document_marker", self.document_marker)
+            if self.format == "lines":
+                raise ConfigError("corpus.document_marker is for corpus.format=documents")
 
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -188,18 +208,7 @@ class TaskConfig:
             raise ConfigError(
                 "task=local_files needs task.text_columns=[col] or [col_a,col_b] (one or two)"
             )
-        for key in ("max_examples", "train_per_class", "max_train_examples"):
-            if (value := getattr(self, key)) is not None and value < 1:
-                raise ConfigError(f"task.{key}={value} must be >= 1 (or null for every example)")
-        if self.train_per_class is not None and self.max_train_examples is not None:
-            raise ConfigError("set task.train_per_class or task.max_train_examples, not both")
-        regression = get_task_spec(self.name, self.task_type).task_type == "regression"
-        if self.train_per_class is not None and regression:
-            raise ConfigError(
-                f"task.train_per_class needs classes; task={self.name} is regression: use "
-                "task.max_train_examples"
-            )
-        check_seed("task.subset_seed", self.subset_seed)
+        check_subset_keys(self)
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 `load_documents` turns the `corpus` config into a list of `Document`s with a fixed
 train/validation/test split (80/10/10 by a hash: of the document id for the embedded BBC News
-and for hf_dataset rows, of the document's text for text_files, whose documents are files or
-blank-line-separated blocks of a file); `split_sentences` cuts a document into sentences.
+and for hf_dataset rows, of the document's text for text files, whose documents are files,
+blank-line-separated blocks or lines of a file: `corpus_files`); `split_sentences` cuts a
+document into sentences. `corpus.extra_paths` adds text files to any source (the embedded BBC
+News plus the State of the Union addresses: corpus=bbc_sotu).
 
 A corpus whose documents all hash outside the training split (a few documents, or one file
 that is one document) trains on all of them; the stages then hold out the tail (the last 5% of
@@ -14,19 +16,17 @@ from __future__ import annotations
 
 import csv
 import functools
-import glob
-import hashlib
 import itertools
 import logging
-import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
 
 from bertforge.config import CorpusConfig
+from bertforge.data.corpus_files import Document, split_for, text_file_documents
 from bertforge.data.task_files import check_jsonl_lines
 from bertforge.errors import DataError
 
@@ -34,21 +34,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 DOCUMENTS_HINT = "documents are separated by blank lines, or one per file"
-
-
-@dataclass(frozen=True)
-class Document:
-    id: str
-    text: str
-    split: str
-    label: str | None = None
-
-
-def split_for(key: str) -> str:
-    """The fixed split of a document: 80/10/10 by a SHA-256 hash of `key` (its id, or for
-    text_files its text)."""
-    bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 100
-    return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
 
 
 def split_texts(documents: Iterable[Document]) -> tuple[list[str], list[str]]:
@@ -95,54 +80,6 @@ def load_bbc_news() -> list[Document]:
             doc_id = f"{topic_dir.name}/{file.name.removesuffix('.txt')}"
             docs.append(Document(doc_id, text.strip(), split_for(doc_id), topic_dir.name))
     return docs
-
-
-# --- plain text files ---------------------------------------------------------------------------
-
-_BLANK_LINE = re.compile(r"\n[ \t\f\v]*\n")
-
-
-def _text_file_paths(pattern: str) -> tuple[list[Path], Path]:
-    """The files named by `corpus.path` (file, directory or glob) and the base for their ids."""
-    path = Path(pattern).expanduser()
-    if path.is_file():
-        return [path], path.parent
-    if path.is_dir():
-        paths = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not paths:
-            raise DataError(f"corpus.path={pattern} has no *.txt files; add some or point at one")
-        return paths, path
-    if glob.has_magic(pattern):
-        paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True))
-        paths = [p for p in paths if p.is_file()]
-        if not paths:
-            raise DataError(f"corpus.path={pattern} matches no files; check the glob pattern")
-        return paths, Path(os.path.commonpath([p.parent for p in paths]))
-    raise DataError(f"corpus.path={pattern} does not exist; set corpus.path to a file, dir or glob")
-
-
-def _read_utf8(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(
-            f"{path} is not valid UTF-8 (byte 0x{raw[err.start]:02x} at byte offset {err.start}); "
-            f"re-save it as UTF-8, e.g. iconv -f cp1252 -t utf-8 {path} > {path}.utf8"
-        ) from None
-    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _text_file_documents(pattern: str) -> Iterator[Document]:
-    """One document per file, or one per blank-line-separated block (ids `<path>#<n>`), each
-    split by its text: renaming or reordering files and blocks moves no document."""
-    paths, base = _text_file_paths(pattern)
-    for path in paths:
-        rel = path.relative_to(base).as_posix()
-        blocks = [b.strip() for b in _BLANK_LINE.split(_read_utf8(path)) if b.strip()]
-        for n, block in enumerate(blocks):
-            doc_id = rel if len(blocks) == 1 else f"{rel}#{n}"
-            yield Document(doc_id, block, split_for(block))
 
 
 # --- Hugging Face datasets ----------------------------------------------------------------------
@@ -255,16 +192,26 @@ def _hf_documents(cfg: CorpusConfig) -> Iterator[Document]:
 
 
 def load_documents(cfg: CorpusConfig) -> list[Document]:
-    """The non-blank documents of the configured corpus, at most `cfg.max_documents` of them."""
+    """The non-blank documents of the configured corpus and of `cfg.extra_paths`, at most
+    `cfg.max_documents` of them (the source's first)."""
+    text_options = dict(
+        format=cfg.format, text_column=cfg.text_column, document_marker=cfg.document_marker
+    )
     if cfg.source == "embedded":
         docs: Iterable[Document] = load_bbc_news()
         where = "embedded (BBC News)"
     elif cfg.source == "text_files":
-        docs = _text_file_documents(cfg.path)
+        docs = text_file_documents(cfg.path, "corpus.path", **text_options)
         where = f"text_files corpus.path={cfg.path}"
     else:
         docs = _hf_documents(cfg)
         where = f"hf_dataset {cfg.path or cfg.name}"
+    for n, extra in enumerate(cfg.extra_paths):
+        docs = itertools.chain(
+            docs, text_file_documents(extra, f"corpus.extra_paths[{n}]", **text_options)
+        )
+    if cfg.extra_paths:
+        where += f" + corpus.extra_paths={list(cfg.extra_paths)}"
     kept = list(itertools.islice((d for d in docs if d.text.strip()), cfg.max_documents))
     if not kept:
         hint = f" ({DOCUMENTS_HINT})" if cfg.source == "text_files" else ""

@@ -15,11 +15,28 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bertforge.data.tasks import Example, TaskData
+from bertforge.checks import check_seed
+from bertforge.data.tasks import Example, TaskData, get_task_spec
 from bertforge.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from bertforge.config import TaskConfig
+
+
+def check_subset_keys(cfg: TaskConfig) -> None:
+    """The config checks of the caps and subsets (`TaskConfig.__post_init__`)."""
+    for key in ("max_examples", "train_per_class", "max_train_examples"):
+        if (value := getattr(cfg, key)) is not None and value < 1:
+            raise ConfigError(f"task.{key}={value} must be >= 1 (or null for every example)")
+    if cfg.train_per_class is not None and cfg.max_train_examples is not None:
+        raise ConfigError("set task.train_per_class or task.max_train_examples, not both")
+    regression = get_task_spec(cfg.name, cfg.task_type).task_type == "regression"
+    if cfg.train_per_class is not None and regression:
+        raise ConfigError(
+            f"task.train_per_class needs classes; task={cfg.name} is regression: use "
+            "task.max_train_examples"
+        )
+    check_seed("task.subset_seed", cfg.subset_seed)
 
 
 def train_subset(task: TaskData, cfg: TaskConfig) -> list[Example]:
@@ -28,17 +45,12 @@ def train_subset(task: TaskData, cfg: TaskConfig) -> list[Example]:
     rows = task.splits["train"]
     rng = np.random.default_rng(cfg.subset_seed)
     if cfg.train_per_class is not None:
-        k = cfg.train_per_class
-        if task.task_type != "classification":
-            raise ConfigError(
-                f"task.train_per_class={k} needs a classification task; task={task.name} is "
-                "regression: use task.max_train_examples instead"
-            )
+        k = cfg.train_per_class  # a classification task (`check_subset_keys`)
         members: list[list[int]] = [[] for _ in range(task.num_labels)]
         for position, example in enumerate(rows):
             members[int(example.label)].append(position)
         short = [
-            f"{name} has {len(kept)}"
+            f"class {name!r} has {len(kept)}"
             for name, kept in zip(task.label_names or [], members, strict=True)
             if len(kept) < k
         ]

@@ -91,7 +91,11 @@ def hashed_view(obj: Any, fingerprint: Fingerprint, prefix: str = "") -> Any:
             if not f.metadata.get("hashed", True):
                 continue
             value, key = getattr(obj, f.name), f"{prefix}{f.name}"
-            if f.metadata.get("input") and value is not None:
+            if f.metadata.get("input") and isinstance(value, list | tuple):  # input_path(many)
+                view[f.name] = [
+                    fingerprint(f"{key}[{i}]", v, f.metadata["input"]) for i, v in enumerate(value)
+                ]
+            elif f.metadata.get("input") and value is not None:
                 view[f.name] = fingerprint(key, value, f.metadata["input"])
             else:
                 view[f.name] = hashed_view(value, fingerprint, key + ".")
