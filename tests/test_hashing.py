@@ -54,6 +54,12 @@ def test_a_stage_hashes_only_the_settings_it_reads():
         ("visualize.perplexity=20", {"visualize"}),
         ("visualize.n_jobs=1", set()),
         ("seed=7", {"pretrain_data", "pretrain", "finetune", "visualize"}),
+        ("task.train_per_class=2", {"finetune", "extract"}),  # extract embeds the task's texts
+        ("task.max_train_examples=10", {"finetune", "extract"}),
+        ("task.subset_seed=3", {"finetune", "extract"}),
+        ("corpus.format=lines", {"tokenizer", "pretrain_data"}),
+        ("corpus.text_column=document", {"tokenizer", "pretrain_data"}),
+        ("corpus.document_marker='^### '", {"tokenizer", "pretrain_data"}),
     ]:
         other = Pipeline(compose(*TINY, override))
         differ = {name for name in GRAPH if other.hashed(name) != base.hashed(name)}
@@ -89,6 +95,31 @@ def test_fingerprints_follow_the_bytes_not_the_location(tmp_path):
     assert prints.of("corpus.path", str(b)) != before
     (b / "two.txt").rename(b / "three.txt")  # names matter inside a directory
     assert prints.of("corpus.path", str(b))["sha256"] != before["sha256"]
+
+
+def test_each_extra_corpus_path_is_hashed_by_content(tmp_path):
+    """corpus.extra_paths is a list of inputs: each entry is fingerprinted like corpus.path."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "speech.txt").write_text("Fellow citizens.\n", encoding="utf-8")
+    (tmp_path / "more.txt").write_text("More text.\n", encoding="utf-8")
+
+    def tokenizer_hash(*extra: Path) -> tuple[str, dict]:
+        paths = ",".join(map(str, extra))
+        pipeline = Pipeline(
+            compose(*TINY, f"corpus.extra_paths=[{paths}]", outputs=tmp_path / "outputs")
+        )
+        return pipeline.artifact_hash("tokenizer"), pipeline.hashed("tokenizer")
+
+    first, hashed = tokenizer_hash(tmp_path / "a" / "speech.txt", tmp_path / "more.txt")
+    assert [e["file"] for e in hashed["corpus"]["extra_paths"]] == ["speech.txt", "more.txt"]
+    assert tokenizer_hash(tmp_path / "b" / "speech.txt", tmp_path / "more.txt")[0] == first
+    assert tokenizer_hash(tmp_path / "more.txt", tmp_path / "a" / "speech.txt")[0] != first
+    assert tokenizer_hash(tmp_path / "a" / "speech.txt")[0] != first
+    (tmp_path / "more.txt").write_text("Edited text.\n", encoding="utf-8")
+    assert tokenizer_hash(tmp_path / "a" / "speech.txt", tmp_path / "more.txt")[0] != first
+    with pytest.raises(DataError, match=r"corpus\.extra_paths\[1\]=.*nowhere.txt does not exist"):
+        tokenizer_hash(tmp_path / "more.txt", tmp_path / "nowhere.txt")
 
 
 def test_digests_are_cached_by_size_and_mtime(tmp_path):
