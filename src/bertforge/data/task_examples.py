@@ -30,8 +30,8 @@ def load_glue_files(spec: TaskSpec, cfg: TaskConfig) -> TaskData:
     """The files of `spec` below `cfg.data_dir` (`<data_dir>/<glue_dir>/<file>`): GLUE's TSVs,
     or a Korean task's TSV / JSON files; splits the files lack are derived (`spec.derive_from`).
     A test split, where there is one, is the reported one."""
-    layout = " and ".join(PurePosixPath(spec.glue_dir or "", file).as_posix()
-                          for _, file in spec.glue_files)  # fmt: skip
+    files = [PurePosixPath(spec.glue_dir or "", file).as_posix() for _, file in spec.glue_files]
+    layout = " and ".join(files)
     glue = bool(spec.hub_text_columns)
     if not cfg.data_dir:
         raise ConfigError(
@@ -65,9 +65,10 @@ def load_glue_files(spec: TaskSpec, cfg: TaskConfig) -> TaskData:
         )
     if spec.derive_from:  # the derived splits take the source file's place, in order
         source, shares = spec.derive_from
-        derived = derive_splits(splits[source], shares)
-        splits = {k: v for s, rows in splits.items()
-                  for k, v in (derived.items() if s == source else [(s, rows)])}  # fmt: skip
+        ordered: dict[str, list[Example]] = {}
+        for split, rows in splits.items():
+            ordered |= derive_splits(rows, shares) if split == source else {split: rows}
+        splits = ordered
     label_names = list(spec.label_names) if spec.label_names else None
     eval_split = "test" if "test" in splits else "validation"
     return TaskData(spec.name, spec.task_type, label_names, splits, eval_split)
