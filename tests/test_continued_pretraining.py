@@ -70,6 +70,8 @@ def test_continued_pretraining_starts_below_random_init(tiny_hf, tmp_path, caplo
     chance = math.log(tokenizer.get_vocab_size()) + math.log(2)  # MLM + NSP at chance
     assert math.isclose(random_loss, chance, abs_tol=0.2)
     assert (continued.results["pretrain"].artifact.path / "hf" / "model.safetensors").is_file()
+    continued.run(["finetune"])  # the continued model fine-tunes like any pretrained one
+    assert continued.results["finetune"].artifact.metrics["seeds"] == 1
 
 
 def test_checkpoint_tokenizer_loses_its_truncation_and_padding(tiny_hf, tmp_path):

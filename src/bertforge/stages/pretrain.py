@@ -109,7 +109,7 @@ def build(ctx: BuildContext) -> dict[str, float]:
         lacks = [name for prefix, name in FRESH.items() if any(k.startswith(prefix) for k in fresh)]
         if lacks:
             log.info(
-                "pretrain.init=hf: %s has no %s: they start fresh", p.hf_model, ", ".join(lacks)
+                "pretrain.init=hf: %s has no %s: they start fresh", p.hf_model, " and ".join(lacks)
             )
     collator = MaskedLanguageModelingCollator(special, tokenizer.get_vocab_size(), p.mask_rate)
     micro_batch, accumulate = batch_plan(
