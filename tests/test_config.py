@@ -72,6 +72,18 @@ def test_unknown_key_names_the_allowed_keys():
         (["tokenizer.vocab_size=4"], "special tokens"),
         (["pretrain.objective=mlm"], "mlm_nsp, mlm_only"),
         (["finetune.init=hf"], "finetune.hf_model"),
+        (["pretrain.init=hf"], "pretrain.hf_model"),
+        (["pretrain.init=hf", "pretrain.hf_model=/ckpt"], "tokenizer.source=hf tokenizer.hf_model"),
+        (["tokenizer.source=hf"], "tokenizer.hf_model"),
+        (["pretrain.lr_schedule=cosine"], "linear, trapezoidal, one_cycle"),
+        (
+            [
+                "pretrain.lr_schedule=trapezoidal",
+                "pretrain.warmup_ratio=0.5",
+                "pretrain.decay_ratio=0.6",
+            ],
+            "lower one of them",
+        ),
     ],
 )
 def test_bad_values_fail_at_start_up(overrides, fragment):

@@ -43,6 +43,9 @@ def test_a_stage_hashes_only_the_settings_it_reads():
     base = Pipeline(compose(*TINY))
     for override, changed in [
         ("pretrain.mask_rate=0.3", {"pretrain"}),
+        ("pretrain.lr_schedule=one_cycle", {"pretrain"}),
+        ("pretrain.lr_schedule=trapezoidal", {"pretrain"}),
+        ("pretrain.decay_ratio=0.3", {"pretrain"}),
         ("pretrain.max_seq_length=32", {"pretrain_data", "pretrain"}),
         ("pretrain.num_workers=2", set()),
         ("pretrain.checkpoint_every_n_steps=7", set()),
@@ -64,6 +67,29 @@ def test_a_stage_hashes_only_the_settings_it_reads():
         other = Pipeline(compose(*TINY, override))
         differ = {name for name in GRAPH if other.hashed(name) != base.hashed(name)}
         assert differ == changed, override
+
+
+def test_hf_initialisation_and_tokenizer_enter_the_right_hashes(tmp_path):
+    """tokenizer.source/hf_model enter the tokenizer's hash (the checkpoint by content);
+    pretrain.init/hf_model the pretraining's; with init=hf, model.* is not read and not hashed."""
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nword\n")
+    hf_tokenizer = ["tokenizer.source=hf", f"tokenizer.hf_model={checkpoint}"]
+    continued = [*hf_tokenizer, "pretrain.init=hf", f"pretrain.hf_model={checkpoint}"]
+
+    def differ(a: list[str], b: list[str]) -> set[str]:
+        first, second = Pipeline(compose(*TINY, *a)), Pipeline(compose(*TINY, *b))
+        return {name for name in GRAPH if first.hashed(name) != second.hashed(name)}
+
+    assert differ([], hf_tokenizer) == {"tokenizer"}
+    assert differ(hf_tokenizer, continued) == {"pretrain"}
+    assert differ(continued, [*continued, "model=bert_mini"]) == set()  # the checkpoint's shape
+    assert differ(hf_tokenizer, [*hf_tokenizer, "model=bert_mini"]) == {"pretrain"}
+    before = {n: Pipeline(compose(*TINY, *continued)).hashed(n) for n in GRAPH}
+    (checkpoint / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nother\n")
+    after = Pipeline(compose(*TINY, *continued))
+    assert {n for n in GRAPH if before[n] != after.hashed(n)} == {"tokenizer", "pretrain"}
 
 
 def test_config_files_never_repeat_a_schema_default():

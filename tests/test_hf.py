@@ -1,5 +1,6 @@
 """Parity of bertforge with Hugging Face `transformers` BERT, and checkpoint conversion/IO."""
 
+import contextlib
 import importlib.resources
 import json
 import os
@@ -146,6 +147,33 @@ def test_unprefixed_hf_base_model_and_fresh_classifier():
     torch.testing.assert_close(clf.bert.pooler.weight, hf_sd["pooler.dense.weight"])
     with pytest.raises(CheckpointError, match=r"missing cls\.predictions\.transform"):
         hf_state_dict_to_ours(hf_sd, "pretraining")
+
+
+@pytest.mark.parametrize(
+    ("hf_class", "fresh"),
+    [
+        ("BertForPreTraining", []),
+        ("BertForMaskedLM", ["bert.pooler.", "nsp."]),  # run_mlm's output: no pooler, no NSP
+        ("BertModel", ["mlm.", "nsp."]),  # e.g. sentence-transformers' all-MiniLM-L6-v2
+    ],
+)
+def test_continued_pretraining_loads_the_heads_a_checkpoint_has(hf_class, fresh):
+    """pretrain.init=hf: the encoder always, each head where the checkpoint has it; the rest
+    keeps its fresh initialisation (the MLM decoder stays tied to the loaded embeddings)."""
+    cfg = tiny_config()
+    hf_sd = getattr(transformers, hf_class)(hf_config(cfg)).state_dict()
+    ours = BertForPreTraining(cfg)
+    new = load_hf_state_dict(ours, hf_sd, require_heads=False)
+    assert sorted({next(p for p in fresh if k.startswith(p)) for k in new}) == fresh
+    prefix = "" if hf_class == "BertModel" else "bert."
+    embeddings = hf_sd[prefix + "embeddings.word_embeddings.weight"]
+    torch.testing.assert_close(ours.bert.embeddings.word_embeddings.weight, embeddings)
+    assert ours.mlm.decoder.weight is ours.bert.embeddings.word_embeddings.weight
+    if "mlm." not in fresh:
+        bias = hf_sd["cls.predictions.bias"]
+        torch.testing.assert_close(ours.mlm.decoder.bias, bias)
+    with pytest.raises(CheckpointError, match="missing") if fresh else contextlib.nullcontext():
+        load_hf_state_dict(BertForPreTraining(cfg), hf_sd)  # heads required by default
 
 
 @pytest.mark.parametrize("problem_type, num_labels", [("classification", 3), ("regression", 1)])

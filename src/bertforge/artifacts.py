@@ -32,6 +32,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from bertforge.analysis.embed import as_bert, load_embeddings
+from bertforge.config import SPECIAL_TOKENS
 from bertforge.data.finetuning import load_checkpoint_tokenizer
 from bertforge.data.tokenizer import load_tokenizer
 from bertforge.errors import DataError
@@ -142,6 +143,23 @@ def hf_encoder(name: str, key: str) -> Encoder:
     directory = resolve_hf_model(name, key)
     model, _ = load_hf_checkpoint(directory, target="base")
     return Encoder(model, load_checkpoint_tokenizer(directory), Path(str(directory)).name)
+
+
+def hf_tokenizer(name: str, key: str) -> Tokenizer:
+    """The tokenizer of HF checkpoint `name` (tokenizer.json, else vocab.txt) as this pipeline
+    uses it: no truncation or padding (sentence-transformers' tokenizer.json cut every text to
+    128 tokens), BERT's special tokens present."""
+    directory = resolve_hf_model(name, key)
+    tokenizer = load_checkpoint_tokenizer(directory)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    missing = [token for token in SPECIAL_TOKENS if tokenizer.token_to_id(token) is None]
+    if missing:
+        raise DataError(
+            f"{key}={name}: its tokenizer lacks {', '.join(missing)}, which a BERT tokenizer "
+            "has; give the directory of a BERT checkpoint (or use tokenizer.source=train)"
+        )
+    return tokenizer
 
 
 # --- extract ---------------------------------------------------------------------------------

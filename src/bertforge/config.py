@@ -89,7 +89,9 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 @dataclass
 class TokenizerConfig:
-    vocab_size: int = 8000
+    source: str = "train"  # train (WordPiece on the corpus) | hf (tokenizer.hf_model's own)
+    hf_model: str | None = input_path("hf_model")  # source=hf: checkpoint dir (or Hub name)
+    vocab_size: int = 8000  # this and the keys below: source=train only
     min_frequency: int = 2
     lowercase: bool = True
     strip_accents: bool = True  # removes combining marks only: Hangul syllables stay whole
@@ -97,6 +99,9 @@ class TokenizerConfig:
     limit_alphabet: int = 1000
 
     def __post_init__(self) -> None:
+        check_choice("tokenizer.source", self.source, ("train", "hf"))
+        if self.source == "hf" and not self.hf_model:
+            raise ConfigError("tokenizer.source=hf needs tokenizer.hf_model=<checkpoint dir>")
         if self.vocab_size <= len(SPECIAL_TOKENS):
             raise ConfigError(
                 f"tokenizer.vocab_size={self.vocab_size} leaves no room beside the "
@@ -137,12 +142,19 @@ class ExampleConfig:
 
 @dataclass
 class PretrainConfig(ExampleConfig):
+    init: str = "random"  # random (shape: model.*) | hf: continue pretraining pretrain.hf_model
+    hf_model: str | None = input_path("hf_model")  # init=hf: its shape, weights and MLM/NSP heads
     mask_rate: float = 0.15  # share of tokens that become MLM targets (80/10/10)
     max_steps: int = 600
     global_batch_size: int = 32  # examples per optimizer step, whatever the device count
-    lr: float = 2e-3  # peak learning rate; linear warmup, then linear decay to 0
-    weight_decay: float = 0.01  # not on biases and LayerNorm
+    lr: float = 2e-3  # peak learning rate
+    # linear: linear warmup, linear decay to 0 | trapezoidal (warmup-stable-decay): linear
+    # warmup, constant, linear decay to 0 over the last decay_ratio of the steps | one_cycle:
+    # torch's OneCycleLR (cosine rise from lr/25 over the warmup, cosine fall to lr/25e4)
+    lr_schedule: str = "linear"
     warmup_ratio: float = 0.06  # share of the steps spent warming up
+    decay_ratio: float = 0.2  # trapezoidal: share of the steps spent decaying
+    weight_decay: float = 0.01  # not on biases and LayerNorm
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-6
     gradient_clip_val: float = 1.0
@@ -172,6 +184,18 @@ class PretrainConfig(ExampleConfig):
             )
         check_positive("pretrain.lr", self.lr)
         check_share("pretrain.warmup_ratio", self.warmup_ratio)
+        check_share("pretrain.decay_ratio", self.decay_ratio)
+        check_choice(
+            "pretrain.lr_schedule", self.lr_schedule, ("linear", "trapezoidal", "one_cycle")
+        )
+        if self.lr_schedule == "trapezoidal" and self.warmup_ratio + self.decay_ratio > 1:
+            raise ConfigError(
+                f"pretrain.warmup_ratio={self.warmup_ratio} + pretrain.decay_ratio="
+                f"{self.decay_ratio} exceed the whole run (1); lower one of them"
+            )
+        check_choice("pretrain.init", self.init, ("random", "hf"))
+        if self.init == "hf" and not self.hf_model:
+            raise ConfigError("pretrain.init=hf needs pretrain.hf_model=<checkpoint dir>")
 
 
 @dataclass
@@ -447,6 +471,11 @@ class Config:
         if self.finetune.seeds is None:
             self.finetune.seeds = [self.seed]
         self.model.check_length("pretrain.max_seq_length", self.pretrain.max_seq_length)
+        if self.pretrain.init == "hf" and self.tokenizer.source != "hf":
+            raise ConfigError(
+                "pretrain.init=hf needs the checkpoint's own tokenizer, not a trained one: add "
+                f"tokenizer.source=hf tokenizer.hf_model={self.pretrain.hf_model}"
+            )
         if self.optimized_metric:
             self._check_optimized_metric(self.optimized_metric)
 

@@ -119,14 +119,18 @@ def _normalise_hf_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def hf_state_dict_to_ours(sd: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
+def hf_state_dict_to_ours(
+    sd: dict[str, torch.Tensor], target: str, require_heads: bool = True
+) -> dict[str, torch.Tensor]:
     """Rename (and fuse QKV) an HF BERT state dict for a bertforge ``target`` model.
 
     target: "base" (BertModel), "pretraining" (BertForPreTraining) or "classification"
     (BertForSequenceClassification). Heads the target does not use are ignored. A checkpoint
     without a classifier (or pooler, as saved by ``BertForMaskedLM``) gives a classification dict
     without ``classifier.*`` (``bert.pooler.*``): initialise those fresh, see
-    ``load_hf_state_dict``. Any other missing tensor raises ``CheckpointError``.
+    ``load_hf_state_dict``. With ``require_heads=False`` a pretraining dict likewise leaves out
+    the pooler, MLM head and NSP head the checkpoint lacks (continued pretraining of a
+    ``BertModel`` or ``BertForMaskedLM``). Any other missing tensor raises ``CheckpointError``.
     """
     if target not in TARGETS:
         raise CheckpointError(f"target={target!r} is not one of {sorted(TARGETS)}")
@@ -146,7 +150,8 @@ def hf_state_dict_to_ours(sd: dict[str, torch.Tensor], target: str) -> dict[str,
 
     p = "" if target == "base" else "bert."
     out = {p + ours: take(name) for ours, name in _embedding_params()}
-    if "pooler.dense.weight" in hf or target != "classification":  # fine-tuning may start without
+    optional = target == "classification" or not require_heads  # may start without a pooler
+    if "pooler.dense.weight" in hf or not optional:
         out.update({p + ours: take(name) for ours, name in _params(POOLER_NAMES)})
     for i in range(_num_layers(hf, r"encoder\.layer\.(\d+)\.")):
         ours, h = f"{p}layers.{i}.", f"encoder.layer.{i}."
@@ -157,11 +162,15 @@ def hf_state_dict_to_ours(sd: dict[str, torch.Tensor], target: str) -> dict[str,
 
     if target == "pretraining":
         heads = "the pre-training heads; load it with target='base' or 'classification'"
-        out.update({ours: take(name, heads) for ours, name in _params(PRETRAINING_HEAD_NAMES)})
+        present = [
+            (a, b) for a, b in PRETRAINING_HEAD_NAMES if require_heads or b + ".weight" in hf
+        ]
+        out.update({ours: take(name, heads) for ours, name in _params(present)})
         bias = "cls.predictions.bias"
         if bias not in hf:  # some exports keep only the decoder's copy of the tied bias
             bias = "cls.predictions.decoder.bias"
-        out["mlm.decoder.bias"] = take(bias, heads)
+        if require_heads or bias in hf:
+            out["mlm.decoder.bias"] = take(bias, heads)
         decoder = hf.get("cls.predictions.decoder.weight")
         if decoder is not None and not torch.equal(decoder, out[p + EMBEDDING_KEY]):
             raise CheckpointError(
@@ -183,14 +192,15 @@ def hf_state_dict_to_ours(sd: dict[str, torch.Tensor], target: str) -> dict[str,
     return out
 
 
-def load_hf_state_dict(model, sd: dict[str, torch.Tensor]) -> list[str]:
+def load_hf_state_dict(model, sd: dict[str, torch.Tensor], require_heads: bool = True) -> list[str]:
     """Load an HF BERT state dict into a bertforge model; return the newly initialised keys.
 
     Only ``BertForSequenceClassification`` may have new keys (its classifier and pooler, when the
-    checkpoint has none). Shape mismatches raise a one-line ``CheckpointError`` naming the tensor.
+    checkpoint has none), and with ``require_heads=False`` ``BertForPreTraining`` (its pooler,
+    MLM and NSP heads). Shape mismatches raise a one-line ``CheckpointError`` naming the tensor.
     """
     target = next(t for t, cls in TARGETS.items() if isinstance(model, cls))
-    ours = hf_state_dict_to_ours(sd, target)
+    ours = hf_state_dict_to_ours(sd, target, require_heads)
     expected = model.state_dict()
     for k, v in ours.items():
         if v.shape != expected[k].shape:
@@ -200,7 +210,7 @@ def load_hf_state_dict(model, sd: dict[str, torch.Tensor]) -> list[str]:
             )
     result = model.load_state_dict(ours, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
-    fresh = ("classifier.", "bert.pooler.")
+    fresh = ("classifier.", "bert.pooler.") + (() if require_heads else ("mlm.", "nsp."))
     assert all(k.startswith(fresh) for k in result.missing_keys), result.missing_keys
     return sorted(result.missing_keys)
 

@@ -1,7 +1,10 @@
-"""AdamW with BERT's weight-decay exemptions and a linear warmup + linear decay schedule; the
-gradient norm both training modules log."""
+"""AdamW with BERT's weight-decay exemptions and its learning-rate schedules (linear warmup +
+linear decay, trapezoidal, one-cycle); the gradient norm both training modules log."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
@@ -20,9 +23,7 @@ def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def linear_warmup_decay(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
+def linear_factor(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """LR factor rises linearly from 0 to 1 over `warmup_steps`, then falls linearly to 0."""
 
     def factor(step: int) -> float:
@@ -30,7 +31,59 @@ def linear_warmup_decay(
             return (step + 1) / (warmup_steps + 1)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def trapezoidal_factor(
+    warmup_steps: int, total_steps: int, decay_steps: int
+) -> Callable[[int], float]:
+    """Warmup-stable-decay (Hägele et al. 2024; "trapezoidal", Xing et al. 2018): the linear
+    warmup of `linear_factor`, then 1 until the last `decay_steps`, then linearly to 0."""
+    decay_start = total_steps - decay_steps
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if step < decay_start:
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, decay_steps))
+
+    return factor
+
+
+def one_cycle_factor(
+    warmup_steps: int, total_steps: int, div_factor: float = 25.0, final_div_factor: float = 1e4
+) -> Callable[[int], float]:
+    """torch's `OneCycleLR` (Smith & Topin 2018) with `anneal_strategy="cos"`, `pct_start =
+    warmup_steps / total_steps` and its default divisors, as an LR factor: a cosine rise from
+    1/div_factor to 1 at step warmup_steps - 1, then a cosine fall to 1/(div_factor *
+    final_div_factor) at the last step (momentum is not cycled)."""
+    start, floor = 1 / div_factor, 1 / (div_factor * final_div_factor)
+    peak, last = warmup_steps - 1, total_steps - 1
+
+    def cosine(high: float, low: float, share: float) -> float:
+        return low + (high - low) / 2 * (1 + math.cos(math.pi * min(share, 1.0)))
+
+    def factor(step: int) -> float:
+        if step <= peak:
+            return cosine(start, 1.0, step / peak) if peak > 0 else 1.0
+        return cosine(1.0, floor, (step - peak) / max(1, last - peak))
+
+    return factor
+
+
+SCHEDULES = ("linear", "trapezoidal", "one_cycle")
+
+
+def lr_factor(
+    schedule: str, warmup_steps: int, total_steps: int, decay_steps: int = 0
+) -> Callable[[int], float]:
+    """The LR factor at each optimizer step of `schedule` (one of SCHEDULES)."""
+    if schedule == "trapezoidal":
+        return trapezoidal_factor(warmup_steps, total_steps, decay_steps)
+    if schedule == "one_cycle":
+        return one_cycle_factor(warmup_steps, total_steps)
+    return linear_factor(warmup_steps, total_steps)
 
 
 def configure_adamw(
@@ -42,13 +95,17 @@ def configure_adamw(
     eps: float,
     warmup_steps: int,
     total_steps: int,
+    schedule: str = "linear",
+    decay_steps: int = 0,
 ) -> dict:
-    """The `configure_optimizers` return value shared by the pretraining and fine-tuning modules."""
+    """The `configure_optimizers` return value shared by the pretraining and fine-tuning modules;
+    `schedule` names the LR schedule (`lr_factor`)."""
     fused = next(model.parameters()).is_cuda
     optimizer = torch.optim.AdamW(
         adamw_param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, fused=fused
     )
-    scheduler = linear_warmup_decay(optimizer, warmup_steps, total_steps)
+    factor = lr_factor(schedule, warmup_steps, total_steps, decay_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -62,6 +119,8 @@ def configure_adamw_from_hparams(model: nn.Module, hp, total_steps: int) -> dict
         eps=hp.adam_eps,
         warmup_steps=hp.warmup_steps,
         total_steps=total_steps,
+        schedule=hp.get("lr_schedule", "linear"),  # the fine-tuning module has linear only
+        decay_steps=hp.get("decay_steps", 0),
     )
 
 

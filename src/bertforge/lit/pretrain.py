@@ -26,6 +26,8 @@ class PretrainingModule(pl.LightningModule):
         adam_eps: float = 1e-6,
         warmup_steps: int = 0,
         max_steps: int = 1000,
+        lr_schedule: str = "linear",  # see bertforge.lit.optim.lr_factor
+        decay_steps: int = 0,  # trapezoidal: steps of the final linear decay
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

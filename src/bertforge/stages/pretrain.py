@@ -1,16 +1,24 @@
-"""Stage `pretrain`: MLM (+ NSP) pretraining, then our weights, an HF export and loss curves."""
+"""Stage `pretrain`: MLM (+ NSP) pretraining, then our weights, an HF export and loss curves.
+
+`pretrain.init=hf` continues the pretraining of an HF BERT checkpoint on this corpus (domain
+adaptation, like transformers' run_mlm.py): the model's shape, encoder and whatever of the MLM
+and NSP heads (and pooler) the checkpoint has come from it; what it lacks starts fresh.
+"""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, replace
 
 import lightning.pytorch as pl
+from tokenizers import Tokenizer
 
 from bertforge.analysis.figures import plot_training_curves
 from bertforge.artifacts import (
     HF_DIR,
     TOKENIZER_FILES,
+    hf_tokenizer,
     model_record,
     save_model,
     tokenizer_of,
@@ -22,19 +30,51 @@ from bertforge.data.pretraining import (
     special_ids_of,
 )
 from bertforge.data.tokenizer import write_model_max_length
-from bertforge.hf import export_hf
+from bertforge.errors import ConfigError
+from bertforge.hf import export_hf, load_hf_state_dict, read_hf_checkpoint, resolve_hf_model
 from bertforge.lit.pretrain import PretrainingModule
 from bertforge.lit.trainer import batch_plan, last_checkpoint, make_trainer
 from bertforge.model import BertConfig, num_parameters
 from bertforge.pipeline.stage import BuildContext, Stage
 
+log = logging.getLogger(__name__)
+FRESH = {  # our names -> what an HF checkpoint may lack
+    "mlm.": "MLM head (cls.predictions.*)",
+    "nsp.": "NSP head (cls.seq_relationship.*)",
+    "bert.pooler.": "pooler",
+}
+
 
 @dataclass
 class Settings:
-    model: BertConfig
+    model: BertConfig | None  # init=random only: the architecture to initialise
     pretrain: PretrainConfig
     trainer: TrainerConfig  # precision is hashed; devices and the rest are not
     seed: int
+
+
+def select(cfg) -> Settings:
+    model = cfg.model if cfg.pretrain.init == "random" else None
+    return Settings(model, cfg.pretrain, cfg.trainer, cfg.seed)
+
+
+def checkpoint_start(p: PretrainConfig, tokenizer: Tokenizer) -> tuple[BertConfig, dict]:
+    """The config and HF state dict of `pretrain.hf_model`, whose own tokenizer `tokenizer`
+    (the tokenizer artifact) must be: another vocabulary would feed its rows other words."""
+    directory = resolve_hf_model(p.hf_model, "pretrain.hf_model")
+    state_dict, config = read_hf_checkpoint(directory)
+    if tokenizer.get_vocab() != hf_tokenizer(p.hf_model, "pretrain.hf_model").get_vocab():
+        raise ConfigError(
+            f"pretrain.init=hf: the tokenizer is not pretrain.hf_model={p.hf_model}'s own; set "
+            f"tokenizer.source=hf tokenizer.hf_model={p.hf_model}"
+        )
+    config.check_length("pretrain.max_seq_length", p.max_seq_length)
+    log.info(
+        "pretrain.init=hf: the model is %s's (L%d/H%d/A%d, %d tokens); model.* is not used",
+        p.hf_model, config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+        config.vocab_size,
+    )  # fmt: skip
+    return config, state_dict
 
 
 def build(ctx: BuildContext) -> dict[str, float]:
@@ -45,7 +85,13 @@ def build(ctx: BuildContext) -> dict[str, float]:
     tokenizer_artifact = ctx.upstream["tokenizer"]
     tokenizer = tokenizer_of(tokenizer_artifact)
     special = special_ids_of(tokenizer)
-    bert_config = replace(s.model, vocab_size=tokenizer.get_vocab_size(), pad_token_id=special.pad)
+    if p.init == "hf":
+        bert_config, state_dict = checkpoint_start(p, tokenizer)
+        bert_config = replace(bert_config, pad_token_id=special.pad)
+    else:
+        bert_config = replace(
+            s.model, vocab_size=tokenizer.get_vocab_size(), pad_token_id=special.pad
+        )
     module = PretrainingModule.from_config(
         bert_config,
         objective=p.objective,
@@ -55,8 +101,17 @@ def build(ctx: BuildContext) -> dict[str, float]:
         adam_eps=p.adam_eps,
         warmup_steps=round(p.warmup_ratio * p.max_steps),
         max_steps=p.max_steps,
+        lr_schedule=p.lr_schedule,
+        decay_steps=round(p.decay_ratio * p.max_steps),
     )
-    collator = MaskedLanguageModelingCollator(special, bert_config.vocab_size, p.mask_rate)
+    if p.init == "hf":
+        fresh = load_hf_state_dict(module.model, state_dict, require_heads=False)
+        lacks = [name for prefix, name in FRESH.items() if any(k.startswith(prefix) for k in fresh)]
+        if lacks:
+            log.info(
+                "pretrain.init=hf: %s has no %s: they start fresh", p.hf_model, " and ".join(lacks)
+            )
+    collator = MaskedLanguageModelingCollator(special, tokenizer.get_vocab_size(), p.mask_rate)
     micro_batch, accumulate = batch_plan(
         p.global_batch_size, s.trainer, p.micro_batch_size, "pretrain"
     )
@@ -93,11 +148,11 @@ def build(ctx: BuildContext) -> dict[str, float]:
         write_model_max_length(export_dir, bert_config.max_position_embeddings)
         curves = plot_training_curves(
             loggers.csv_path, ctx.path / "loss_curves.png",
-            title=f"pretraining {s.model.name} ({p.objective})",
+            title=f"pretraining {bert_config.name} ({p.objective})",
         )  # fmt: skip
         loggers.log_image("pretrain/loss_curves", ctx.path / "loss_curves.png")
         loggers.log_artifact(export_dir, f"bert-{ctx.hash}", "model")
-    ctx.extra |= model_record(f"pretrained {s.model.name}", p.max_seq_length)
+    ctx.extra |= model_record(f"pretrained {bert_config.name}", p.max_seq_length)
     metrics = {key.replace("/", "_"): value for key, value in final.items()}
     return (
         metrics
@@ -120,6 +175,7 @@ STAGE = Stage(
     Settings,
     build,
     upstream=lambda s: ("tokenizer", "pretrain_data"),
+    select=select,
     distributed=True,
     summary=(
         "val_loss_mlm", "val_mlm_accuracy", "val_loss_nsp", "val_nsp_accuracy",
