@@ -68,7 +68,7 @@ def test_a_stage_hashes_only_the_settings_it_reads():
     [
         "evolution.split=validation", "evolution.max_examples=40", "evolution.pooling=cls",
         "evolution.layer=1", "evolution.align=none", "evolution.perplexity=5",
-        "evolution.n_iter=300", "evolution.knn_k=3", "evolution.words=[bank]",
+        "evolution.n_iter=400", "evolution.knn_k=3", "evolution.words=[bank]",
         f"evolution.senses_file={CONF / 'evolution' / 'senses.csv'}",
     ],
 )  # fmt: skip

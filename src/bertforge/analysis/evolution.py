@@ -209,6 +209,8 @@ def plot_curves(
     for name, values in curves.items():
         y = [np.nan if v is None else v for v in values]
         ax.plot(steps, y, marker="o", label=name)
+    if len(steps) <= 12:
+        ax.set_xticks(list(steps))
     ax.set_xlabel("pretraining step (optimizer updates)")
     ax.set_ylabel(ylabel)
     if ylim:

@@ -33,19 +33,24 @@ class EncoderSnapshots(Callback):
         self.directory = Path(directory)
         self.steps = sorted(set(steps))
         self._saved: set[int] = set()
+        self._resumed_step = 0  # the step of the checkpoint a resumed fit starts from
 
     def path(self, step: int) -> Path:
         return self.directory / snapshot_file(step)
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        done = [step for step in self.steps if step <= trainer.global_step]
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._resumed_step = checkpoint.get("global_step", 0)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after on_load_checkpoint; also when the checkpoint ends the run (no training starts)
+        done = [step for step in self.steps if step <= self._resumed_step]
         if trainer.is_global_zero:
             self.directory.mkdir(parents=True, exist_ok=True)
             remove_dead_temp_files(self.directory, SNAPSHOT_PATTERN)
             missing = [step for step in done if not self.path(step).is_file()]
             if missing:
                 raise DataError(
-                    f"training resumes at step {trainer.global_step} but the snapshots of steps "
+                    f"training resumes at step {self._resumed_step} but the snapshots of steps "
                     f"{missing} are missing from {self.directory}; rebuild with force=true"
                 )
         self._saved = set(done)

@@ -223,56 +223,11 @@ def build(ctx: BuildContext) -> dict[str, float]:
     tsne = VisualizeConfig(perplexity=e.perplexity, n_iter=e.n_iter, snapshots=[], n_jobs=e.n_jobs)
     embeddings = [snapshots.embeddings[step] for step in steps]
     maps, final = aligned_maps(embeddings, tsne, s.seed, align=e.align, n_jobs=e.n_jobs)
-    rows = snapshots.rows
+    rows, k_used = snapshots.rows, e.knn_k
     for step, X in zip(steps, embeddings, strict=True):
-        rows[step] = {"knn_accuracy": knn_accuracy(X, labels, e.knn_k, s.seed)[0], **rows[step]}
-    k_used = knn_accuracy(embeddings[-1], labels, e.knn_k, s.seed)[1]
-
-    name = pretrain.manifest.get("model", {}).get("name", "pretrained model")
-    where = f"{e.split} split, {'last layer' if e.layer == -1 else f'layer {e.layer}'}, {e.pooling}"
-    titles = [f"step {step}\nk-NN acc. {rows[step]['knn_accuracy']:.3f}" for step in steps]
-    figures = {
-        "evolution": plot_aligned_maps(
-            maps,
-            titles,
-            labels,
-            f"{name} over pretraining · {where} · t-SNE fitted on step "
-            f"{steps[-1]}, earlier steps placed into it",
-            ctx.path / "evolution.png",
-        )
-    }
-    frames = {
-        step: plot_map(
-            xy,
-            labels,
-            maps,
-            f"{name} · step {step} · {where}",
-            ctx.path / "maps" / f"step_{step}.png",
-        )
-        for step, xy in zip(steps, maps, strict=True)
-    }
-    figures["knn"] = plot_curves(
-        steps,
-        {f"k-NN (k={k_used})": [rows[t]["knn_accuracy"] for t in steps]},
-        "label accuracy (cross-validated)",
-        f"{name} · k-NN label accuracy · {where}",
-        ctx.path / "knn.png",
-        ylim=(0, 1),
-    )
-    sense_keys = [k for k in rows[steps[-1]] if k.startswith("silhouette_")]
-    if sense_keys:
-        curves = {
-            k.removeprefix("silhouette_"): [rows[t].get(k) for t in steps] for k in sense_keys
-        }
-        curves["mean"] = [rows[t].get("sense_silhouette") for t in steps]
-        figures["senses"] = plot_curves(
-            steps,
-            curves,
-            "silhouette by sense (cosine)",
-            f"{name} · homonyms: occurrences by sense · {Path(e.senses_file).name}",
-            ctx.path / "senses.png",
-            ylim=(-1, 1),
-        )
+        accuracy, k_used = knn_accuracy(X, labels, e.knn_k, s.seed)
+        rows[step] = {"knn_accuracy": accuracy, **rows[step]}
+    figures, frames = draw(ctx, steps, maps, labels, rows, k_used)
 
     columns = write_tables(ctx.path, steps, rows)
     write_json_atomic(
@@ -285,6 +240,12 @@ def build(ctx: BuildContext) -> dict[str, float]:
             "maps": {str(t): xy.tolist() for t, xy in zip(steps, maps, strict=True)},
         },
     )
+    metrics = {"snapshots": len(steps), "texts": len(texts), "knn_k": k_used,
+               "kl_divergence": final.kl_divergence}  # fmt: skip
+    for key in ("knn_accuracy", "sense_silhouette"):
+        first, last = rows[steps[0]].get(key), rows[steps[-1]].get(key)
+        if first is not None and last is not None:
+            metrics |= {f"{key}_first": first, f"{key}_last": last}
     with ctx.loggers() as loggers:
         for step in steps:  # W&B's step is the pretraining step: the image panel slides over it
             values = {f"evolution/{k}": v for k, v in rows[step].items() if v is not None}
@@ -293,18 +254,41 @@ def build(ctx: BuildContext) -> dict[str, float]:
             loggers.log_image(f"evolution/{key}_figure", path)
         table = [[t, *(rows[t].get(c) for c in columns[1:])] for t in steps]
         loggers.log_table("evolution/table", columns, table)
+        loggers.log_metrics({f"evolution/{k}": v for k, v in metrics.items()})
     ctx.extra["figures"] = {key: str(path) for key, path in figures.items()}
-    metrics = {
-        "snapshots": len(steps),
-        "texts": len(texts),
-        "knn_k": k_used,
-        "kl_divergence": final.kl_divergence,
-    }
-    for key in ("knn_accuracy", "sense_silhouette"):
-        if rows[steps[-1]].get(key) is not None:
-            metrics[f"{key}_first"] = rows[steps[0]][key]
-            metrics[f"{key}_last"] = rows[steps[-1]][key]
     return metrics
+
+
+def draw(ctx: BuildContext, steps: list[int], maps: list, labels: list[str], rows: dict,
+         k: int) -> tuple[dict[str, Path], dict[int, Path]]:  # fmt: skip
+    """The figures (evolution, knn, senses) and the per-snapshot map frames."""
+    e = ctx.settings.evolution
+    name = ctx.upstream["pretrain"].manifest.get("model", {}).get("name", "pretrained model")
+    layer = "last layer" if e.layer == -1 else f"layer {e.layer}"
+    where = f"{e.split} split, {layer}, {e.pooling} pooling"
+    titles = [f"step {step}\nk-NN acc. {rows[step]['knn_accuracy']:.3f}" for step in steps]
+    title = f"{name} over pretraining · {where} · t-SNE of step {steps[-1]}, others placed in it"
+    path = ctx.path / "evolution.png"
+    figures = {"evolution": plot_aligned_maps(maps, titles, labels, title, path)}
+    frames = {
+        step: plot_map(xy, labels, maps, f"{name} · step {step} · {where}",
+                       ctx.path / "maps" / f"step_{step}.png")
+        for step, xy in zip(steps, maps, strict=True)
+    }  # fmt: skip
+    accuracy = [rows[t]["knn_accuracy"] for t in steps]
+    figures["knn"] = plot_curves(steps, {f"k-NN (k={k})": accuracy}, "label accuracy (cross-"
+                                 "validated)", f"{name} · k-NN label accuracy · {where}",
+                                 ctx.path / "knn.png", ylim=(0, 1))  # fmt: skip
+    sense_keys = [key for key in rows[steps[-1]] if key.startswith("silhouette_")]
+    if sense_keys:
+        curves = {key[11:]: [rows[t].get(key) for t in steps] for key in sense_keys}  # word
+        curves["mean"] = [rows[t].get("sense_silhouette") for t in steps]
+        figures["senses"] = plot_curves(
+            steps, curves, "silhouette by sense (cosine)",
+            f"{name} · homonyms: occurrences by sense · {Path(e.senses_file).name}",
+            ctx.path / "senses.png", ylim=(-1, 1),
+        )  # fmt: skip
+    return figures, frames
 
 
 STAGE = Stage(
