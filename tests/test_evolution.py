@@ -71,6 +71,7 @@ def test_one_row_per_snapshot_with_files_and_numbers(evolved):
     assert [int(row["step"]) for row in rows] == [2, 4, 6]
     for row in rows:
         assert 0.0 <= float(row["knn_accuracy"]) <= 1.0
+        assert 0.0 <= float(row["knn_accuracy_2d"]) <= 1.0 and float(row["trustworthiness"]) > 0.5
         assert -1.0 <= float(row["sense_silhouette"]) <= 1.0
         for word in ("bank", "game", "record"):
             assert -1.0 <= float(row[f"silhouette_{word}"]) <= 1.0, word

@@ -37,6 +37,7 @@ from bertforge.analysis.evolution import (
     read_senses,
     sense_silhouette,
 )
+from bertforge.analysis.layouts import layout_quality
 from bertforge.artifacts import Encoder, snapshot_encoder, snapshot_steps
 from bertforge.config import EvolutionConfig, TaskConfig, VisualizeConfig
 from bertforge.data.tasks import get_task_spec, load_task, spread
@@ -224,9 +225,12 @@ def build(ctx: BuildContext) -> dict[str, float]:
     embeddings = [snapshots.embeddings[step] for step in steps]
     maps, final = aligned_maps(embeddings, tsne, s.seed, align=e.align, n_jobs=e.n_jobs)
     rows, k_used = snapshots.rows, e.knn_k
-    for step, X in zip(steps, embeddings, strict=True):
+    for step, X, xy in zip(steps, embeddings, maps, strict=True):
         accuracy, k_used = knn_accuracy(X, labels, e.knn_k, s.seed)
-        rows[step] = {"knn_accuracy": accuracy, **rows[step]}
+        # how faithful the placed panel is to this snapshot's own space (layouts' numbers)
+        quality = layout_quality(X, xy, labels, k=e.knn_k, seed=s.seed)
+        faithful = {key: quality[key] for key in ("trustworthiness", "knn_accuracy_2d")}
+        rows[step] = {"knn_accuracy": accuracy, **faithful, **rows[step]}
     figures, frames = draw(ctx, steps, maps, labels, rows, k_used)
 
     columns = write_tables(ctx.path, steps, rows)
@@ -266,7 +270,8 @@ def draw(ctx: BuildContext, steps: list[int], maps: list, labels: list[str], row
     name = ctx.upstream["pretrain"].manifest.get("model", {}).get("name", "pretrained model")
     layer = "last layer" if e.layer == -1 else f"layer {e.layer}"
     where = f"{e.split} split, {layer}, {e.pooling} pooling"
-    titles = [f"step {step}\nk-NN acc. {rows[step]['knn_accuracy']:.3f}" for step in steps]
+    numbers = [(rows[t]["knn_accuracy"], rows[t]["trustworthiness"]) for t in steps]
+    titles = [f"step {t}\nk-NN acc. {a:.3f} · trust. {b:.3f}" for t, (a, b) in zip(steps, numbers)]
     title = f"{name} over pretraining · {where} · t-SNE of step {steps[-1]}, others placed in it"
     path = ctx.path / "evolution.png"
     figures = {"evolution": plot_aligned_maps(maps, titles, labels, title, path)}
