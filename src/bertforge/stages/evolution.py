@@ -270,8 +270,10 @@ def draw(ctx: BuildContext, steps: list[int], maps: list, labels: list[str], row
     name = ctx.upstream["pretrain"].manifest.get("model", {}).get("name", "pretrained model")
     layer = "last layer" if e.layer == -1 else f"layer {e.layer}"
     where = f"{e.split} split, {layer}, {e.pooling} pooling"
-    numbers = [(rows[t]["knn_accuracy"], rows[t]["trustworthiness"]) for t in steps]
-    titles = [f"step {t}\nk-NN acc. {a:.3f} · trust. {b:.3f}" for t, (a, b) in zip(steps, numbers)]
+    titles = [
+        f"step {t}\nk-NN acc. {row['knn_accuracy']:.3f} · trust. {row['trustworthiness']:.3f}"
+        for t, row in ((t, rows[t]) for t in steps)
+    ]
     title = f"{name} over pretraining · {where} · t-SNE of step {steps[-1]}, others placed in it"
     path = ctx.path / "evolution.png"
     figures = {"evolution": plot_aligned_maps(maps, titles, labels, title, path)}
