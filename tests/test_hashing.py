@@ -56,7 +56,10 @@ def test_a_stage_hashes_only_the_settings_it_reads():
         ("finetune.export=false", set()),
         ("visualize.perplexity=20", {"visualize"}),
         ("visualize.n_jobs=1", set()),
-        ("seed=7", {"pretrain_data", "pretrain", "finetune", "visualize"}),
+        ("seed=7", {"pretrain_data", "pretrain", "finetune", "visualize", "evolution"}),
+        ("pretrain.snapshot_steps=[2,4]", {"pretrain"}),
+        ("evolution.batch_size=8", set()),
+        ("evolution.n_jobs=1", set()),
         ("task.train_per_class=2", {"finetune", "extract"}),  # extract embeds the task's texts
         ("task.max_train_examples=10", {"finetune", "extract"}),
         ("task.subset_seed=3", {"finetune", "extract"}),
@@ -90,6 +93,29 @@ def test_hf_initialisation_and_tokenizer_enter_the_right_hashes(tmp_path):
     (checkpoint / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nother\n")
     after = Pipeline(compose(*TINY, *continued))
     assert {n for n in GRAPH if before[n] != after.hashed(n)} == {"tokenizer", "pretrain"}
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "evolution.split=validation", "evolution.max_examples=40", "evolution.pooling=cls",
+        "evolution.layer=1", "evolution.align=none", "evolution.perplexity=5",
+        "evolution.n_iter=400", "evolution.knn_k=3", "evolution.words=[bank]",
+        f"evolution.senses_file={CONF / 'evolution' / 'senses.csv'}",
+    ],
+)  # fmt: skip
+def test_every_evolution_setting_rebuilds_evolution_alone(override):
+    base = Pipeline(compose(*TINY))
+    other = Pipeline(compose(*TINY, override))
+    assert {name for name in GRAPH if other.hashed(name) != base.hashed(name)} == {"evolution"}
+
+
+def test_every_evolution_field_is_covered_by_the_sensitivity_test():
+    from bertforge.config import EvolutionConfig
+
+    tested = test_every_evolution_setting_rebuilds_evolution_alone.pytestmark[0].args[1]
+    hashed = [f.name for f in dataclasses.fields(EvolutionConfig) if f.metadata.get("hashed", 1)]
+    assert sorted(hashed) == sorted(o.split("=")[0].removeprefix("evolution.") for o in tested)
 
 
 def test_config_files_never_repeat_a_schema_default():

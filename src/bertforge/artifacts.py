@@ -3,11 +3,13 @@
     tokenizer/<hash>/      tokenizer.json, vocab.txt, special_tokens_map.json, tokenizer_config.json
     pretrain_data/<hash>/  train/, validation/: tokenised examples (Arrow)
     pretrain/<hash>/       model.safetensors, model_config.json; hf/: transformers
-                           BertForPreTraining with its tokenizer; loss_curves.png
+                           BertForPreTraining with its tokenizer; loss_curves.png;
+                           snapshots/step_<N>.safetensors: the encoder at pretrain.snapshot_steps
     finetune/<hash>/       model.safetensors, model_config.json, labels.json, tokenizer.json;
                            hf/: BertForSequenceClassification; results.md/.csv, predictions
     extract/<hash>/        sentences/, words/: one .npy per layer + metadata.jsonl
     visualize/<hash>/      the figures, points.json
+    evolution/<hash>/      evolution.png, knn.png, senses.png, evolution.csv/.json, maps/, words/
 
 This module owns those formats: stages write model artifacts with `save_model` and read
 upstream artifacts only through the loaders here, never through another stage's code. A model
@@ -38,7 +40,8 @@ from bertforge.data.tokenizer import load_tokenizer
 from bertforge.errors import DataError
 from bertforge.files import write_atomic
 from bertforge.hf import load_hf_checkpoint, resolve_hf_model
-from bertforge.model import BertConfig, BertForPreTraining, BertForSequenceClassification
+from bertforge.lit.snapshots import SNAPSHOT_PATTERN, snapshot_file
+from bertforge.model import BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel
 from bertforge.pipeline.store import Artifact
 
 WEIGHTS = "model.safetensors"
@@ -47,6 +50,7 @@ LABELS = "labels.json"
 HF_DIR = "hf"
 SENTENCES = "sentences"  # extract: one vector per text
 WORDS = "words"  # extract: one vector per occurrence of a word of interest
+SNAPSHOTS = "snapshots"  # pretrain: the encoder at each of pretrain.snapshot_steps
 TOKENIZER_FILES = (
     "tokenizer.json", "vocab.txt", "special_tokens_map.json", "tokenizer_config.json"
 )  # fmt: skip
@@ -87,7 +91,9 @@ def save_model(model: nn.Module, directory: Path, labels: dict | None = None) ->
         write_atomic(directory / LABELS, json.dumps(labels, indent=2))
 
 
-def _load_model(artifact: Artifact, model_class: type) -> tuple[nn.Module, BertConfig]:
+def _load_model(
+    artifact: Artifact, model_class: type, weights: str = WEIGHTS
+) -> tuple[nn.Module, BertConfig]:
     """A damaged file is a DataError that says how to rebuild the artifact."""
     directory = artifact.path
     fix = f"delete {directory} or rerun {REBUILD[artifact.stage]} with force=true to rebuild it"
@@ -99,11 +105,11 @@ def _load_model(artifact: Artifact, model_class: type) -> tuple[nn.Module, BertC
         ) from None
     model = model_class(config)
     try:
-        load_model(model, str(directory / WEIGHTS))
+        load_model(model, str(directory / weights))
     except (OSError, SafetensorError, RuntimeError) as err:
         reason = str(err).splitlines()[0][:120]
         raise DataError(
-            f"{directory / WEIGHTS} is truncated or damaged ({reason}); {fix}"
+            f"{directory / weights} is truncated or damaged ({reason}); {fix}"
         ) from None
     return model, config
 
@@ -136,6 +142,24 @@ def encoder_of(artifact: Artifact) -> Encoder:
         record.get("name", artifact.stage),
         record.get("trained_length"),
     )
+
+
+def snapshot_steps(artifact: Artifact) -> list[int]:
+    """The optimizer steps of a pretrain artifact's snapshots, the final model's the last."""
+    steps = [int(p.stem.removeprefix("step_")) for p in (artifact.path / SNAPSHOTS).glob(
+        SNAPSHOT_PATTERN)]  # fmt: skip
+    final = int(artifact.manifest["metrics"]["steps"])
+    return sorted({step for step in steps if step < final} | {final})
+
+
+def snapshot_encoder(artifact: Artifact, step: int) -> Encoder:
+    """The encoder of a pretrain artifact after optimizer step `step` (see `snapshot_steps`)."""
+    if step == int(artifact.manifest["metrics"]["steps"]):
+        return encoder_of(artifact)
+    model, _ = _load_model(artifact, BertModel, f"{SNAPSHOTS}/{snapshot_file(step)}")
+    record = artifact.manifest.get("model", {})
+    name = f"{record.get('name', artifact.stage)} at step {step}"
+    return Encoder(model, tokenizer_of(artifact), name, record.get("trained_length"))
 
 
 def hf_encoder(name: str, key: str) -> Encoder:

@@ -50,3 +50,19 @@ def check_regex(key: str, pattern: str) -> None:
         re.compile(pattern)
     except re.error as err:
         raise ConfigError(f"{key}={pattern!r} is not a regular expression ({err})") from None
+
+
+def check_at_least(group: str, obj: Any, **least: int) -> None:
+    """Each named field of `obj` is None or at least its given minimum."""
+    for key, minimum in least.items():
+        if (value := getattr(obj, key)) is not None and value < minimum:
+            raise ConfigError(f"{group}.{key}={value} must be >= {minimum}")
+
+
+def check_steps(key: str, steps: list[int], max_steps: int) -> None:
+    """Optimizer steps within a run of `max_steps` steps."""
+    if bad := [step for step in steps if not 1 <= step <= max_steps]:
+        raise ConfigError(
+            f"{key}={list(steps)} has {bad} outside 1..{max_steps} (the run's max_steps); "
+            "pick optimizer steps within the run"
+        )

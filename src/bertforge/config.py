@@ -20,12 +20,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from bertforge.checks import (
+    check_at_least,
     check_choice,
     check_positive,
     check_regex,
     check_seed,
     check_seeds,
     check_share,
+    check_steps,
 )
 from bertforge.data.task_subsets import check_subset_keys
 from bertforge.data.tasks import TASKS  # the task registry names the tasks
@@ -161,6 +163,7 @@ class PretrainConfig(ExampleConfig):
     # > 0: batches of similar length, drawn from shuffled windows of this many batches (less
     # padding: +15-18 % tokens/s for bert_mini on CPU, benchmark). 0: plain shuffled batches.
     length_bucket_window: int = 0
+    snapshot_steps: list[int] = field(default_factory=list)  # encoder saved here (`evolution`)
     val_check_interval: int = watch_only(100)  # steps between validations
     limit_val_batches: int = watch_only(20)  # validation batches per validation
     checkpoint_every_n_steps: int = watch_only(100)  # last.ckpt to resume a killed run from
@@ -196,6 +199,7 @@ class PretrainConfig(ExampleConfig):
         check_choice("pretrain.init", self.init, ("random", "hf"))
         if self.init == "hf" and not self.hf_model:
             raise ConfigError("pretrain.init=hf needs pretrain.hf_model=<checkpoint dir>")
+        check_steps("pretrain.snapshot_steps", self.snapshot_steps, self.max_steps)
 
 
 @dataclass
@@ -392,6 +396,30 @@ class VisualizeConfig:
 
 
 @dataclass
+class EvolutionConfig:
+    """A `task` split embedded at each `pretrain.snapshot_steps` step and the final model."""
+
+    split: str = "test"
+    max_examples: int | None = None  # texts, evenly spread over the split; None: all
+    pooling: str = "mean"  # mean | cls (untrained [CLS] without NSP or fine-tuning)
+    layer: int = -1  # 0 = embedding output, -1 = last layer
+    align: str = "procrustes"  # rotate each snapshot onto the last before placing it | none
+    perplexity: float = 30.0
+    n_iter: int = 750  # t-SNE updates of the last snapshot's map, 250 of them exaggerated
+    knn_k: int = 10  # k-NN label accuracy, cross-validated in the full space
+    words: list[str] = field(default_factory=lambda: ["bank", "game", "record"])
+    senses_file: str | None = input_path()  # csv word,sentence,sense: silhouette by sense
+    batch_size: int = watch_only(64)
+    n_jobs: int = watch_only(2)
+
+    def __post_init__(self) -> None:
+        check_choice("evolution.pooling", self.pooling, ("cls", "mean"))
+        check_choice("evolution.align", self.align, ("procrustes", "none"))
+        check_positive("evolution.perplexity", self.perplexity)
+        check_at_least("evolution", self, max_examples=4, knn_k=1, n_iter=251)
+
+
+@dataclass
 class TrainerConfig:
     """Where and how training runs. Only `precision` changes results (it is hashed); the
     device count does not: batches are global (`*.global_batch_size`)."""
@@ -459,6 +487,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
+    evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = watch_only(default_factory=LoggerConfig)
 

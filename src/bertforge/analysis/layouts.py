@@ -47,6 +47,7 @@ class Layout:
     kl_divergence: float | None = None  # t-SNE only
     snapshots: dict[int, np.ndarray] = field(default_factory=dict)  # update count -> (N, 2)
     params: dict[str, Any] = field(default_factory=dict)  # what produced it
+    embedding: Any = None  # openTSNE's TSNEEmbedding: its `transform` places new points here
 
     @property
     def description(self) -> str:
@@ -122,7 +123,9 @@ def _tsne_opentsne(X: np.ndarray, cfg: VisualizeConfig, seed: int, n_jobs: int) 
         if stop in cfg.snapshots and stop < cfg.n_iter:
             snapshots[stop] = np.array(embedding)
     kl = float(embedding.kl_divergence)
-    return Layout(np.array(embedding), "tsne", kl_divergence=kl, snapshots=snapshots)
+    layout = Layout(np.array(embedding), "tsne", kl_divergence=kl, snapshots=snapshots)
+    layout.embedding = embedding
+    return layout
 
 
 def _tsne_sklearn(X: np.ndarray, cfg: VisualizeConfig, seed: int, n_jobs: int) -> Layout:

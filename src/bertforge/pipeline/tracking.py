@@ -356,6 +356,15 @@ class StageLoggers:
         if self.wandb is not None:
             self.wandb.log_image(key=key, images=[str(path)])
 
+    def log_step(self, step: int, values: dict[str, Any], images: dict[str, Path]) -> None:
+        """One point of a W&B series indexed by `step` (W&B's own step, which media panels
+        slide over); steps must increase from call to call."""
+        if self.wandb is not None:
+            import wandb
+
+            row = values | {key: wandb.Image(str(path)) for key, path in images.items()}
+            self.wandb.experiment.log(row, step=step)
+
     def log_table(self, key: str, columns: list[str], data: list[list]) -> None:
         if self.wandb is not None:
             self.wandb.log_table(key=key, columns=columns, data=data)

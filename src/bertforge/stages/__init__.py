@@ -3,9 +3,18 @@ its upstream) plus its config group; adding one is one more line below.
 
     tokenizer ──► pretrain_data ──► pretrain ──► finetune ──► extract ──► visualize
         └──────────────────────────────┴─────────────┘ (random init)
+                                           └──► evolution (pretrain.snapshot_steps)
 """
 
-from bertforge.stages import extract, finetune, pretrain, pretrain_data, tokenizer, visualize
+from bertforge.stages import (
+    evolution,
+    extract,
+    finetune,
+    pretrain,
+    pretrain_data,
+    tokenizer,
+    visualize,
+)
 
 GRAPH = {
     stage.name: stage
@@ -16,5 +25,6 @@ GRAPH = {
         finetune.STAGE,
         extract.STAGE,
         visualize.STAGE,
+        evolution.STAGE,
     )
 }

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 from bertforge.analysis.figures import plot_training_curves
 from bertforge.artifacts import (
     HF_DIR,
+    SNAPSHOTS,
     TOKENIZER_FILES,
     hf_tokenizer,
     model_record,
@@ -33,6 +34,7 @@ from bertforge.data.tokenizer import write_model_max_length
 from bertforge.errors import ConfigError
 from bertforge.hf import export_hf, load_hf_state_dict, read_hf_checkpoint, resolve_hf_model
 from bertforge.lit.pretrain import PretrainingModule
+from bertforge.lit.snapshots import EncoderSnapshots
 from bertforge.lit.trainer import batch_plan, last_checkpoint, make_trainer
 from bertforge.model import BertConfig, num_parameters
 from bertforge.pipeline.stage import BuildContext, Stage
@@ -123,6 +125,7 @@ def build(ctx: BuildContext) -> dict[str, float]:
         length_bucket_window=p.length_bucket_window,
         seed=s.seed,
     )
+    snapshots = [step for step in p.snapshot_steps if step < p.max_steps]  # final model: the last
     with ctx.loggers(resume_from=ctx.path) as loggers:
         trainer = make_trainer(
             s.trainer,
@@ -134,6 +137,7 @@ def build(ctx: BuildContext) -> dict[str, float]:
             gradient_clip_val=p.gradient_clip_val,
             accumulate_grad_batches=accumulate,
             checkpoint_every_n_steps=p.checkpoint_every_n_steps,
+            callbacks=[EncoderSnapshots(ctx.path / SNAPSHOTS, snapshots)] if snapshots else [],
         )
         trainer.fit(module, datamodule=data, ckpt_path=last_checkpoint(ctx.path), weights_only=True)
         final = trainer.validate(module, datamodule=data, verbose=False)[0]
