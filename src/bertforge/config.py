@@ -346,6 +346,34 @@ class VisualizeConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Per-layer linear probes on frozen embeddings (stage `probe`, see analysis/probe.py)."""
+
+    models: list[str] = field(default_factory=lambda: ["pretrained", "random", "finetuned"])
+    split: str = "validation"  # the held-out split scored; the probes are fit on train
+    pooling: str = "mean"  # mean (padding-aware) | cls (at layer 0 the same vector for all)
+    C: float = 1.0  # inverse L2 strength of the logistic regression
+    max_iter: int = 2000
+    max_train_examples: int | None = 2000  # evenly spread over train; None: all of them
+    max_seq_length: int = 128
+
+    def __post_init__(self) -> None:
+        for model in self.models:
+            check_choice("probe.models", model, ("pretrained", "random", "finetuned"))
+        if not self.models or len(set(self.models)) < len(self.models):
+            raise ConfigError(f"probe.models={list(self.models)}: name each model once")
+        check_choice("probe.pooling", self.pooling, ("cls", "mean"))
+        check_positive("probe.C", self.C)
+        if self.split == "train":
+            raise ConfigError(
+                "probe.split=train is what the probes fit; use probe.split=validation"
+            )
+        for key, least in (("max_iter", 1), ("max_train_examples", 10), ("max_seq_length", 4)):
+            if getattr(self, key) is not None and getattr(self, key) < least:
+                raise ConfigError(f"probe.{key}={getattr(self, key)} must be >= {least}")
+
+
+@dataclass
 class TrainerConfig:
     """Where and how training runs. Only `precision` changes results (it is hashed); the
     device count does not: batches are global (`*.global_batch_size`)."""
@@ -413,6 +441,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = watch_only(default_factory=LoggerConfig)
 

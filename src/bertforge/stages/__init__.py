@@ -3,9 +3,10 @@ its upstream) plus its config group; adding one is one more line below.
 
     tokenizer ──► pretrain_data ──► pretrain ──► finetune ──► extract ──► visualize
         └──────────────────────────────┴─────────────┘ (random init)
+    probe ◄── pretrain, tokenizer (random init), finetune: the models in probe.models
 """
 
-from bertforge.stages import extract, finetune, pretrain, pretrain_data, tokenizer, visualize
+from bertforge.stages import extract, finetune, pretrain, pretrain_data, probe, tokenizer, visualize
 
 GRAPH = {
     stage.name: stage
@@ -16,5 +17,6 @@ GRAPH = {
         finetune.STAGE,
         extract.STAGE,
         visualize.STAGE,
+        probe.STAGE,
     )
 }
