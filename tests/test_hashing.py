@@ -12,7 +12,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from bertforge.config import Config
+from bertforge.config import Config, ProbeConfig
 from bertforge.errors import DataError
 from bertforge.pipeline.fingerprint import Fingerprints
 from bertforge.pipeline.graph import Pipeline
@@ -53,11 +53,41 @@ def test_a_stage_hashes_only_the_settings_it_reads():
         ("finetune.export=false", set()),
         ("visualize.perplexity=20", {"visualize"}),
         ("visualize.n_jobs=1", set()),
-        ("seed=7", {"pretrain_data", "pretrain", "finetune", "visualize"}),
+        ("probe.C=0.1", {"probe"}),
+        ("task.max_examples=40", {"finetune", "extract", "probe"}),
+        ("model=bert_mini", {"pretrain", "probe"}),  # probe's random model is a bert_mini
+        ("seed=7", {"pretrain_data", "pretrain", "finetune", "visualize", "probe"}),
     ]:
         other = Pipeline(compose(*TINY, override))
         differ = {name for name in GRAPH if other.hashed(name) != base.hashed(name)}
         assert differ == changed, override
+
+
+PROBE_CHANGES = {  # a changed value for every ProbeConfig field
+    "models": "probe.models=[pretrained,random]",
+    "split": "probe.split=test",
+    "pooling": "probe.pooling=cls",
+    "C": "probe.C=0.1",
+    "max_iter": "probe.max_iter=50",
+    "max_train_examples": "probe.max_train_examples=100",
+    "max_seq_length": "probe.max_seq_length=64",
+}
+
+
+def test_every_probe_field_changes_the_probe_hash_alone():
+    assert set(PROBE_CHANGES) == {f.name for f in dataclasses.fields(ProbeConfig)}
+    base = Pipeline(compose(*TINY))
+    for override in PROBE_CHANGES.values():
+        other = Pipeline(compose(*TINY, override))
+        differ = {name for name in GRAPH if other.hashed(name) != base.hashed(name)}
+        assert differ == {"probe"}, override
+
+
+def test_probe_hashes_the_seed_and_architecture_only_for_its_random_model():
+    base = Pipeline(compose(*TINY, "probe.models=[pretrained,finetuned]"))
+    for override in ("seed=7", "model=bert_mini"):
+        other = Pipeline(compose(*TINY, "probe.models=[pretrained,finetuned]", override))
+        assert other.hashed("probe") == base.hashed("probe"), override
 
 
 def test_config_files_never_repeat_a_schema_default():
