@@ -13,7 +13,7 @@ import pytest
 from bertforge.analysis.probe import chance_level, fit_probe, probe_layers
 from bertforge.errors import ConfigError, DataError
 from bertforge.pipeline.graph import Pipeline
-from conftest import TINY, compose, copy_outputs
+from conftest import TINY, compose, copy_outputs, requires_shared_data
 
 # --- The analysis on synthetic features -------------------------------------------------------
 
@@ -123,3 +123,17 @@ def test_task_with_too_few_examples_fails_before_anything_builds(tmp_path):
     with pytest.raises(DataError, match=r"4 training and 4 held-out examples; it needs at least"):
         Pipeline(cfg).run(["probe"])
     assert not (tmp_path / "artifacts").exists()  # the check came first
+
+
+def test_regression_task_gets_a_ridge_probe_scored_by_pearson(tiny_outputs):
+    glue = requires_shared_data("glue", "STS-B").parent
+    cfg = compose(
+        *TINY, "task=stsb", f"task.data_dir={glue}", "probe.models=[random]", outputs=tiny_outputs
+    )
+    probe = Pipeline(cfg).artifact("probe")
+    document = json.loads((probe.path / "probe.json").read_text())
+    assert document["metric"] == "pearson" and document["chance"] == 0.0
+    assert [(r["model"], r["layer"], r["metric"]) for r in document["rows"]] == [
+        ("random", layer, "pearson") for layer in (0, 1, 2)
+    ]
+    assert all(-1.0 <= r["val"] <= 1.0 for r in document["rows"])

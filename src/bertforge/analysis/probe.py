@@ -128,7 +128,10 @@ MIN_EXAMPLES = 10  # per split: fewer give a probe (and its score) that says not
 
 def check_probe_labels(y_train: np.ndarray, y_val: np.ndarray, task_type: str) -> None:
     """Enough examples to fit and score a probe: DataError naming the fix otherwise."""
-    fix = "raise task.max_examples (or probe.max_train_examples), or probe a larger task"
+    fix = (
+        "raise task.max_examples (or probe.max_train_examples), probe a larger task, or leave "
+        "probe out of stages=[...]"
+    )
     if len(y_train) < MIN_EXAMPLES or len(y_val) < MIN_EXAMPLES:
         raise DataError(
             f"the probe has {len(y_train)} training and {len(y_val)} held-out examples; it "
@@ -185,16 +188,24 @@ def write_probe_results(
 
 
 def plot_probe_curves(
-    scores: Sequence[LayerScore], chance: float, path: Path, title: str, chance_label: str = ""
+    scores: Sequence[LayerScore],
+    chance: float,
+    path: Path,
+    title: str,
+    names: Mapping[str, str] | None = None,
+    chance_label: str = "",
 ) -> Path:
     """One curve per model: layer (0 = embeddings) against the held-out score, with the chance
-    line; accuracy on a 0-1 axis."""
+    line; accuracy on a 0-1 axis. `names`: legend label per model (default: the model key)."""
+    names = names or {}
     metric = scores[0].metric if scores else "accuracy"
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     for model in dict.fromkeys(s.model for s in scores):
         rows = sorted((s for s in scores if s.model == model), key=lambda s: s.layer)
-        ax.plot([s.layer for s in rows], [s.val for s in rows], "o-", label=model)
-    chance_label = chance_label or ("majority class" if metric == "accuracy" else "chance")
+        label = names.get(model, model)
+        ax.plot([s.layer for s in rows], [s.val for s in rows], "o-", label=label)
+    chance_label = chance_label or ("majority class" if metric == "accuracy" else "no signal")
+    chance_label = f"{chance_label} ({chance:.2f})"
     ax.axhline(chance, color="0.4", ls="--", lw=1, label=chance_label)
     layers = sorted({s.layer for s in scores})
     ax.set_xticks(layers, ["emb" if layer == 0 else str(layer) for layer in layers])

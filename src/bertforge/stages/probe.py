@@ -156,7 +156,7 @@ def build(ctx: BuildContext) -> dict[str, float]:
             )  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    unconverged = [f"{s.model} layer {s.layer}" for s in scores if not s.converged]
+    unconverged = [f"{x.model} layer {x.layer}" for x in scores if not x.converged]
     if unconverged:
         log.warning(
             "the probes of %s stopped at probe.max_iter=%d before converging; raise "
@@ -174,7 +174,7 @@ def build(ctx: BuildContext) -> dict[str, float]:
         f"linear probe per layer · task {data.task.name}, {p.split} split "
         f"(fit on {len(y_train)} train, scored on {len(y_val)}) · {p.pooling} pooling"
     )
-    figure = plot_probe_curves(scores, chance, ctx.path / "probe.png", title)
+    figure = plot_probe_curves(scores, chance, ctx.path / "probe.png", title, names)
     metrics = best_layers(scores) | {
         "chance": chance, "n_train": len(y_train), "n_val": len(y_val),
         "unconverged": len(unconverged),
