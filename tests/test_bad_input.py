@@ -341,6 +341,11 @@ CASES = [
          [*FAST_VIZ, "extract.max_examples=12", "visualize.perplexity=30"],
          "visualize.perplexity=30 is too large for 12 points (t-SNE needs 3 x perplexity < N); "
          "use visualize.perplexity <= 3.6", "visualize"),
+    # -- probe ------------------------------------------------------------------------------------
+    case("probe-unknown-model", "probe.py", ["probe.models=[pretrained,trained]"],
+         "probe.models='trained' is not one of pretrained, random, finetuned"),
+    case("probe-too-few-examples", "probe.py", ["task.max_examples=4"],
+         "it needs at least 10 of each: raise task.max_examples"),
 ]  # fmt: skip
 
 
@@ -351,6 +356,7 @@ def manifests(outputs: Path) -> set[Path]:
 SCRIPT_STAGES = {  # what each pipelines/*.py runs
     "run.py": None, "tokenizer.py": ["tokenizer"], "pretrain.py": ["pretrain"],
     "finetune.py": ["finetune"], "extract.py": ["extract"], "visualize.py": ["visualize"],
+    "probe.py": ["probe"],
 }  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from bertforge.config import Config
+from bertforge.config import Config, ProbeConfig
 from bertforge.errors import DataError
 from bertforge.pipeline.fingerprint import Fingerprints
 from bertforge.pipeline.graph import Pipeline
@@ -56,16 +56,22 @@ def test_a_stage_hashes_only_the_settings_it_reads():
         ("finetune.export=false", set()),
         ("visualize.perplexity=20", {"visualize"}),
         ("visualize.n_jobs=1", set()),
-        ("seed=7", {"pretrain_data", "pretrain", "finetune", "visualize", "evolution"}),
+        ("seed=7", {"pretrain_data", "pretrain", "finetune", "visualize", "evolution", "probe"}),
         ("pretrain.snapshot_steps=[2,4]", {"pretrain"}),
         ("evolution.batch_size=8", set()),
         ("evolution.n_jobs=1", set()),
-        ("task.train_per_class=2", {"finetune", "extract"}),  # extract embeds the task's texts
-        ("task.max_train_examples=10", {"finetune", "extract"}),
-        ("task.subset_seed=3", {"finetune", "extract"}),
+        (
+            "task.train_per_class=2",
+            {"finetune", "extract", "probe", "evolution"},
+        ),  # extract embeds the task's texts
+        ("task.max_train_examples=10", {"finetune", "extract", "probe", "evolution"}),
+        ("task.subset_seed=3", {"finetune", "extract", "probe", "evolution"}),
         ("corpus.format=lines", {"tokenizer", "pretrain_data"}),
         ("corpus.text_column=document", {"tokenizer", "pretrain_data"}),
         ("corpus.document_marker='^### '", {"tokenizer", "pretrain_data"}),
+        ("probe.C=0.1", {"probe"}),
+        ("task.max_examples=40", {"finetune", "extract", "probe", "evolution"}),
+        ("model=bert_mini", {"pretrain", "probe"}),  # probe's random model is a bert_mini
     ]:
         other = Pipeline(compose(*TINY, override))
         differ = {name for name in GRAPH if other.hashed(name) != base.hashed(name)}
@@ -87,7 +93,8 @@ def test_hf_initialisation_and_tokenizer_enter_the_right_hashes(tmp_path):
 
     assert differ([], hf_tokenizer) == {"tokenizer"}
     assert differ(hf_tokenizer, continued) == {"pretrain"}
-    assert differ(continued, [*continued, "model=bert_mini"]) == set()  # the checkpoint's shape
+    # the checkpoint gives the pretrained shape; only the probe's random-init model reads model.*
+    assert differ(continued, [*continued, "model=bert_mini"]) == {"probe"}
     assert differ(hf_tokenizer, [*hf_tokenizer, "model=bert_mini"]) == {"pretrain"}
     before = {n: Pipeline(compose(*TINY, *continued)).hashed(n) for n in GRAPH}
     (checkpoint / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nother\n")
@@ -116,6 +123,33 @@ def test_every_evolution_field_is_covered_by_the_sensitivity_test():
     tested = test_every_evolution_setting_rebuilds_evolution_alone.pytestmark[0].args[1]
     hashed = [f.name for f in dataclasses.fields(EvolutionConfig) if f.metadata.get("hashed", 1)]
     assert sorted(hashed) == sorted(o.split("=")[0].removeprefix("evolution.") for o in tested)
+
+
+PROBE_CHANGES = {  # a changed value for every ProbeConfig field
+    "models": "probe.models=[pretrained,random]",
+    "split": "probe.split=test",
+    "pooling": "probe.pooling=cls",
+    "C": "probe.C=0.1",
+    "max_iter": "probe.max_iter=50",
+    "max_train_examples": "probe.max_train_examples=100",
+    "max_seq_length": "probe.max_seq_length=64",
+}
+
+
+def test_every_probe_field_changes_the_probe_hash_alone():
+    assert set(PROBE_CHANGES) == {f.name for f in dataclasses.fields(ProbeConfig)}
+    base = Pipeline(compose(*TINY))
+    for override in PROBE_CHANGES.values():
+        other = Pipeline(compose(*TINY, override))
+        differ = {name for name in GRAPH if other.hashed(name) != base.hashed(name)}
+        assert differ == {"probe"}, override
+
+
+def test_probe_hashes_the_seed_and_architecture_only_for_its_random_model():
+    base = Pipeline(compose(*TINY, "probe.models=[pretrained,finetuned]"))
+    for override in ("seed=7", "model=bert_mini"):
+        other = Pipeline(compose(*TINY, "probe.models=[pretrained,finetuned]", override))
+        assert other.hashed("probe") == base.hashed("probe"), override
 
 
 def test_config_files_never_repeat_a_schema_default():

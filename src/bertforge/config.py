@@ -6,21 +6,22 @@ files only say what an option changes (tests/test_config.py checks that none rep
 The entry points convert the composed DictConfig once (`to_config`); nothing below them sees a
 DictConfig. Value checks that types cannot express live in `__post_init__` (`ConfigError`).
 
-What enters a stage's artifact hash is read off these fields (`pipeline/hashing.py`): every field
+What enters a stage's artifact hash is read off these fields (`pipeline/stage.py`): every field
 is hashed unless marked `watch_only()` (it changes how a run is watched, not what it computes);
-a field marked `input_path()` names a file or directory and is hashed by its content.
+a field marked `input_path()` names a file or directory and is hashed by its content (markers in
+`schema_fields.py`). The analysis stages' schemas live in `analysis_config.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from bertforge.analysis_config import EvolutionConfig, ExtractConfig, ProbeConfig, VisualizeConfig
 from bertforge.checks import (
-    check_at_least,
     check_choice,
     check_positive,
     check_regex,
@@ -33,20 +34,16 @@ from bertforge.data.task_subsets import check_subset_keys
 from bertforge.data.tasks import TASKS  # the task registry names the tasks
 from bertforge.errors import ConfigError
 from bertforge.model import BertConfig
+from bertforge.schema_fields import input_path, watch_only
 
-
-def watch_only(default: Any = MISSING, *, default_factory: Any = MISSING) -> Any:
-    """A field that changes how a run is watched or exported, never what it computes: it is
-    left out of every artifact hash."""
-    return field(default=default, default_factory=default_factory, metadata={"hashed": False})
-
-
-def input_path(kind: str = "path", many: bool = False) -> Any:
-    """A file, directory or glob that a stage reads (`kind` "path"), or an HF checkpoint that
-    may also be a Hub name (`kind` "hf_model"): hashed by content, not by name. `many`: a list
-    of them (default empty), each hashed by content."""
-    default = {"default_factory": list} if many else {"default": None}
-    return field(**default, metadata={"input": kind})
+__all__ = [
+    "EvolutionConfig",
+    "ExtractConfig",
+    "ProbeConfig",
+    "VisualizeConfig",
+    "input_path",
+    "watch_only",
+]
 
 
 @dataclass
@@ -284,142 +281,6 @@ class FinetuneConfig:
 
 
 @dataclass
-class ExtractConfig:
-    """Embeddings of a task split (or of corpus documents) from the fine-tuned model
-    (source=pretrain: the pretrained one; source=hf + hf_model=<dir>: any HF BERT)."""
-
-    source: str = "finetune"  # finetune | pretrain (our artifacts) | hf (extract.hf_model)
-    hf_model: str | None = input_path("hf_model")
-    dataset: str = "task"  # task (a split of `task`) | corpus (documents of `corpus`)
-    split: str = "test"
-    pooling: str = "cls"  # cls | mean (padding-aware)
-    layers: list[int] = field(default_factory=lambda: [-1])  # 0 = embeddings, -1 = last layer
-    words: list[str] = field(default_factory=lambda: ["bank", "game", "market"])  # a vector each
-    max_examples: int | None = None
-    max_seq_length: int = 128
-    batch_size: int = watch_only(64)
-
-    def __post_init__(self) -> None:
-        check_choice("extract.source", self.source, ("finetune", "pretrain", "hf"))
-        check_choice("extract.dataset", self.dataset, ("task", "corpus"))
-        check_choice("extract.pooling", self.pooling, ("cls", "mean"))
-        if self.source == "hf" and not self.hf_model:
-            raise ConfigError("extract.source=hf needs extract.hf_model=<dir or hub name>")
-        if not self.layers:
-            raise ConfigError("extract.layers is empty; give at least one layer, e.g. [-1]")
-        if self.max_seq_length < 4:
-            raise ConfigError(
-                f"extract.max_seq_length={self.max_seq_length} leaves no room for text beside "
-                "[CLS] and [SEP]; use at least 4"
-            )
-        if self.batch_size < 1:
-            raise ConfigError(f"extract.batch_size={self.batch_size} must be >= 1")
-        if self.max_examples is not None and self.max_examples < 1:
-            raise ConfigError(
-                f"extract.max_examples={self.max_examples} must be >= 1 (or null for every text)"
-            )
-
-
-@dataclass
-class VisualizeConfig:
-    """t-SNE (openTSNE) and the lecture's comparisons: snapshots after 250/500 updates, the
-    Student-t degrees of freedom (1 = t-SNE, large = SNE-like), and t-SNE | UMAP | PCA."""
-
-    method: str = "tsne"  # tsne | umap | pca
-    tsne_backend: str = "opentsne"  # opentsne (FFT/Barnes-Hut, multi-threaded) | sklearn
-    perplexity: float = 30.0
-    learning_rate: float | None = None  # None: openTSNE's / sklearn's "auto" (N / 12)
-    n_iter: int = 750  # all updates, the early-exaggeration phase included
-    early_exaggeration: float = 12.0
-    early_exaggeration_iter: int = 250
-    init: str = "pca"  # pca | random
-    dof: float = 1.0  # Student-t degrees of freedom in 2-D: 1 is t-SNE, large -> SNE-like
-    snapshots: list[int] = field(default_factory=lambda: [250, 500])
-    compare_dof: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0])
-    compare_methods: bool = True  # the t-SNE | UMAP | PCA panel
-    umap_n_neighbors: int = 15
-    umap_min_dist: float = 0.1
-    layer: int = -1  # which extracted layer to lay out
-    knn_k: int = 10
-    quality_max_points: int = 5000  # quality numbers on a fixed subsample beyond this
-    n_jobs: int = watch_only(2)
-    attention_sentences: list[str] = field(
-        default_factory=lambda: [
-            "I like to watch football on the weekend.",
-            "The bank raised interest rates to fight inflation.",
-        ]
-    )
-
-    def __post_init__(self) -> None:
-        check_choice("visualize.method", self.method, ("tsne", "umap", "pca"))
-        check_choice("visualize.tsne_backend", self.tsne_backend, ("opentsne", "sklearn"))
-        check_choice("visualize.init", self.init, ("pca", "random"))
-        check_positive("visualize.perplexity", self.perplexity)
-        if self.dof <= 0:
-            raise ConfigError(f"visualize.dof={self.dof} must be positive (1 is t-SNE)")
-        if self.knn_k < 1:
-            raise ConfigError(
-                f"visualize.knn_k={self.knn_k} must be >= 1: the quality numbers compare each "
-                "point's k nearest neighbours (10 is usual)"
-            )
-        if self.umap_n_neighbors < 2:
-            raise ConfigError(
-                f"visualize.umap_n_neighbors={self.umap_n_neighbors} must be >= 2 (15 is usual)"
-            )
-        if self.n_iter <= self.early_exaggeration_iter:
-            raise ConfigError(
-                f"visualize.n_iter={self.n_iter} counts all updates, the "
-                f"early_exaggeration_iter={self.early_exaggeration_iter} included; make it larger"
-            )
-        late = [s for s in self.snapshots if not 0 < s <= self.n_iter]
-        if late:
-            raise ConfigError(
-                f"visualize.snapshots={list(self.snapshots)} has {late} outside 1..n_iter="
-                f"{self.n_iter}; pick update counts within the run"
-            )
-        if self.tsne_backend == "sklearn":
-            self._check_sklearn()
-
-    def _check_sklearn(self) -> None:
-        fix = "or use visualize.tsne_backend=opentsne"
-        if self.dof != 1:
-            raise ConfigError(f"sklearn's TSNE has no dof; set visualize.dof=1 {fix}")
-        if self.snapshots:
-            raise ConfigError(
-                f"sklearn's TSNE gives no snapshots; set visualize.snapshots=[] {fix}"
-            )
-        if self.early_exaggeration_iter != 250:
-            raise ConfigError(
-                "sklearn's TSNE exaggerates for 250 updates; set "
-                f"visualize.early_exaggeration_iter=250 {fix}"
-            )
-
-
-@dataclass
-class EvolutionConfig:
-    """A `task` split embedded at each `pretrain.snapshot_steps` step and the final model."""
-
-    split: str = "test"
-    max_examples: int | None = None  # texts, evenly spread over the split; None: all
-    pooling: str = "mean"  # mean | cls (untrained [CLS] without NSP or fine-tuning)
-    layer: int = -1  # 0 = embedding output, -1 = last layer
-    align: str = "procrustes"  # rotate each snapshot onto the last before placing it | none
-    perplexity: float = 30.0
-    n_iter: int = 750  # t-SNE updates of the last snapshot's map, 250 of them exaggerated
-    knn_k: int = 10  # k-NN label accuracy, cross-validated in the full space
-    words: list[str] = field(default_factory=lambda: ["bank", "game", "record"])
-    senses_file: str | None = input_path()  # csv word,sentence,sense: silhouette by sense
-    batch_size: int = watch_only(64)
-    n_jobs: int = watch_only(2)
-
-    def __post_init__(self) -> None:
-        check_choice("evolution.pooling", self.pooling, ("cls", "mean"))
-        check_choice("evolution.align", self.align, ("procrustes", "none"))
-        check_positive("evolution.perplexity", self.perplexity)
-        check_at_least("evolution", self, max_examples=4, knn_k=1, n_iter=251)
-
-
-@dataclass
 class TrainerConfig:
     """Where and how training runs. Only `precision` changes results (it is hashed); the
     device count does not: batches are global (`*.global_batch_size`)."""
@@ -488,6 +349,7 @@ class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = watch_only(default_factory=LoggerConfig)
 

@@ -4,6 +4,7 @@ its upstream) plus its config group; adding one is one more line below.
     tokenizer ──► pretrain_data ──► pretrain ──► finetune ──► extract ──► visualize
         └──────────────────────────────┴─────────────┘ (random init)
                                            └──► evolution (pretrain.snapshot_steps)
+    probe ◄── pretrain, tokenizer (random init), finetune: the models in probe.models
 """
 
 from bertforge.stages import (
@@ -12,6 +13,7 @@ from bertforge.stages import (
     finetune,
     pretrain,
     pretrain_data,
+    probe,
     tokenizer,
     visualize,
 )
@@ -26,5 +28,6 @@ GRAPH = {
         extract.STAGE,
         visualize.STAGE,
         evolution.STAGE,
+        probe.STAGE,
     )
 }
