@@ -1,11 +1,17 @@
-"""BERT in one file: embeddings, post-LN encoder, pooler, pre-training and classification heads.
+"""BERT in one file: embeddings, encoder, pooler, pre-training and classification heads.
 
 Follows the original BERT (Devlin et al., 2019) and is weight-compatible with Hugging Face's
 ``BertModel`` / ``BertForPreTraining`` (see ``bertforge.hf``). The only structural difference is
 that the query, key and value projections are fused into a single ``Linear(H, 3H)``.
+``pre_layernorm=True`` switches to pre-LN blocks (Xiong et al., 2020), which HF BERT cannot load.
+
+Two speed-ups leave the maths unchanged: pretraining runs the token-wise layers on the real tokens
+only (``unpad``, as MosaicBERT; attention re-pads), and on CPU dropout draws its keep mask from
+32-bit random integers rather than ``bernoulli_`` (``fast_dropout``).
 
 Shapes: B = batch size, T = sequence length, H = hidden size, nh = number of heads,
-hs = head size (H // nh), V = vocabulary size, M = number of masked positions.
+hs = head size (H // nh), V = vocabulary size, M = number of masked positions,
+N = number of real (non-padding) tokens.
 """
 
 import math
@@ -42,6 +48,9 @@ class BertConfig:
     pad_token_id: int = from_upstream(0, "the tokenizer ([PAD])")
     num_labels: int = from_upstream(2, "the task")  # outputs of the sequence head (1: regression)
     problem_type: str = from_upstream("classification", "the task")  # or "regression"
+    pre_layernorm: bool = False  # pre-LN blocks + a final LayerNorm (Xiong et al.); not HF's
+    unpad: bool = True  # pretraining: token-wise layers skip padding tokens (same outputs)
+    fast_dropout: bool = True  # CPU: keep masks from 32-bit random integers (same probability)
     name: str = field(default="bert_tiny", compare=False)  # the preset: titles, run names
 
     def __post_init__(self) -> None:
@@ -121,6 +130,53 @@ class SequenceClassifierOutput:
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
+class Dropout(nn.Module):
+    """``nn.Dropout``; with ``fast`` on CPU, the keep mask comes from 32-bit random integers, two
+    per 64-bit draw, which costs a third of ``bernoulli_``. Same keep probability (to 2^-32,
+    finer than ``torch.rand``'s 2^-24) and scaling; another random stream."""
+
+    def __init__(self, p: float, fast: bool = True) -> None:
+        super().__init__()
+        self.p, self.fast = p, fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if not (self.fast and x.device.type == "cpu"):
+            return F.dropout(x, self.p, training=True)
+        n = x.numel()
+        bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=x.device)
+        bits = bits.random_(-(2**63), None).view(torch.int32)[:n].view(x.shape)  # uniform int32
+        keep = bits >= round(self.p * 2**32) - 2**31  # P(keep) = 1 - p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
+class Unpadded:
+    """Where the real tokens of a right-padded (B, T) batch are: the token-wise layers (embeddings,
+    projections, feed-forward, LayerNorms, dropout, heads) run on these N tokens only and
+    attention re-pads them (MosaicBERT, Portes et al. 2023), so padding costs nothing there."""
+
+    def __init__(self, attention_mask: torch.Tensor) -> None:
+        self.B, self.T = attention_mask.shape
+        self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) flat b * T + t
+        slot = torch.full((self.B * self.T,), -1, dtype=torch.long, device=self.index.device)
+        slot[self.index] = torch.arange(len(self.index), device=self.index.device)
+        self.slot = slot.view(self.B, self.T)  # (B, T): row of each real token, -1 at padding
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...)"""
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C) -> (B, T, C), zeros at padding."""
+        out = x.new_zeros(self.B * self.T, x.size(-1)).index_copy(0, self.index, x)
+        return out.view(self.B, self.T, x.size(-1))
+
+    def rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """Rows (into the N real tokens) of a bool (B, T) selection of real tokens, row-major."""
+        return self.slot[positions]
+
+
 class Embeddings(nn.Module):
     """Sum of token, learned position and segment embeddings, then LayerNorm and dropout."""
 
@@ -131,15 +187,16 @@ class Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, H)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, H)
         self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.fast_dropout)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        T = input_ids.size(1)
-        pos = torch.arange(T, device=input_ids.device)  # (T,)
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """input_ids, token_type_ids: (B, T) with positions (T,), or (N,) with positions (N,)."""
         x = (
-            self.word_embeddings(input_ids)  # (B, T, H)
-            + self.position_embeddings(pos)  # (T, H), broadcast over B
-            + self.token_type_embeddings(token_type_ids)  # (B, T, H)
+            self.word_embeddings(input_ids)  # (B, T, H) or (N, H)
+            + self.position_embeddings(positions)  # (T, H) broadcast over B, or (N, H)
+            + self.token_type_embeddings(token_type_ids)
         )
         return self.dropout(self.norm(x))
 
@@ -154,13 +211,24 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(H, 3 * H)  # query, key, value stacked along the output dim
         self.proj = nn.Linear(H, H)
         self.attn_dropout = config.attention_probs_dropout_prob
+        self.probs_dropout = Dropout(config.attention_probs_dropout_prob, config.fast_dropout)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, output_attentions: bool = False
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        output_attentions: bool = False,
+        unpadded: Unpadded | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, H); mask: additive (B, 1, 1, T) or None. Returns (y, probs or None)."""
-        q, k, v = self.qkv(x).split(x.size(-1), dim=2)  # 3 x (B, T, H)
+        """x: (B, T, H), or (N, H) with `unpadded`; mask: additive (B, 1, 1, T) or None.
+        Returns (y shaped as x, probs or None)."""
+        qkv = self.qkv(x)  # (B, T, 3H) or (N, 3H)
+        if unpadded is not None:
+            qkv = unpadded.pad(qkv)  # (B, T, 3H), zeros at padding (masked keys)
+        q, k, v = qkv.split(x.size(-1), dim=2)  # 3 x (B, T, H)
         y, probs = self.attend(q, k, v, mask, output_attentions)
+        if unpadded is not None:
+            y = unpadded.unpad(y)  # (N, H)
         return self.proj(y), probs
 
     def attend(
@@ -186,7 +254,7 @@ class SelfAttention(nn.Module):
             if mask is not None:
                 att = att + mask
             probs = F.softmax(att, dim=-1)  # (B, nh, T, T)
-            y = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
+            y = self.probs_dropout(probs) @ v  # (B, nh, T, hs)
         else:
             probs = None
             if mask is not None and mask.dtype != q.dtype:  # autocast: SDPA wants q's dtype
@@ -207,27 +275,37 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """Post-LN transformer layer as in the original BERT."""
+    """Transformer layer: post-LN as in the original BERT, or pre-LN (Xiong et al., 2020)."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
+        self.pre_layernorm = config.pre_layernorm
         self.attn = SelfAttention(config)
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.fast_dropout)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, output_attentions: bool = False
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        output_attentions: bool = False,
+        unpadded: Unpadded | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, probs = self.attn(x, mask, output_attentions)
+        if self.pre_layernorm:  # x + f(LN(x)): the residual stream itself is never normalised
+            a, probs = self.attn(self.norm1(x), mask, output_attentions, unpadded)
+            x = x + self.dropout(a)
+            return x + self.dropout(self.ffn(self.norm2(x))), probs
+        a, probs = self.attn(x, mask, output_attentions, unpadded)  # LN(x + f(x))
         x = self.norm1(x + self.dropout(a))
         x = self.norm2(x + self.dropout(self.ffn(x)))
         return x, probs
 
 
 class BertModel(nn.Module):
-    """Embeddings, a stack of encoder blocks, and a tanh pooler on the [CLS] position."""
+    """Embeddings, a stack of encoder blocks (pre-LN: then a LayerNorm), and a tanh pooler on
+    the [CLS] position."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -236,6 +314,8 @@ class BertModel(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList([Block(config) for _ in range(config.num_hidden_layers)])
+        if config.pre_layernorm:  # pre-LN blocks leave the residual stream un-normalised
+            self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.apply(lambda m: init_weights(m, config.initializer_range))
 
@@ -246,13 +326,22 @@ class BertModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        unpadded: Unpadded | None = None,
     ) -> BertOutput:
-        """input_ids, token_type_ids, attention_mask: (B, T); the mask is 1 for real tokens."""
+        """input_ids, token_type_ids, attention_mask: (B, T); the mask is 1 for real tokens.
+
+        With `unpadded` (of attention_mask; every row's [CLS] real), the hidden states are
+        (N, H), the real tokens in `unpadded.index` order."""
         B, T = input_ids.size()
         self.config.check_length("the input's sequence length", T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        positions = torch.arange(T, device=input_ids.device)  # (T,)
+        if unpadded is None:
+            x = self.embeddings(input_ids, token_type_ids, positions)  # (B, T, H)
+        else:
+            ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)  # (N,)
+            x = self.embeddings(ids, types, unpadded.index % T)  # (N, H)
         mask = None  # additive attention mask: 0 = attend, dtype minimum = padding key
         if attention_mask is not None:
             padding = ~attention_mask.bool().view(B, 1, 1, T)
@@ -261,10 +350,13 @@ class BertModel(nn.Module):
         hidden_states = [x]
         attentions = []
         for layer in self.layers:
-            x, probs = layer(x, mask, output_attentions)
+            x, probs = layer(x, mask, output_attentions, unpadded)
             hidden_states.append(x)
             attentions.append(probs)
-        pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H)
+        if self.config.pre_layernorm:
+            x = hidden_states[-1] = self.final_norm(x)
+        cls = x[:, 0] if unpadded is None else x[unpadded.slot[:, 0]]  # (B, H)
+        pooled = torch.tanh(self.pooler(cls))  # (B, H)
         return BertOutput(
             last_hidden_state=x,
             pooler_output=pooled,
@@ -306,11 +398,17 @@ class BertForPreTraining(nn.Module):
         attention_mask: torch.Tensor | None = None,
         masked_positions: torch.Tensor | None = None,
     ) -> PreTrainingOutput:
-        """masked_positions: optional bool (B, T); when given, the MLM head runs only there."""
-        out = self.bert(input_ids, token_type_ids, attention_mask)
-        h = out.last_hidden_state  # (B, T, H)
-        if masked_positions is not None:
-            h = h[masked_positions]  # (M, H), row-major order
+        """masked_positions: optional bool (B, T); when given, the MLM head runs only there (and
+        with `config.unpad` and an attention mask whose [CLS] column is real, the encoder runs
+        on the real tokens only: nothing but these logits leaves this method)."""
+        unpadded = None
+        if masked_positions is not None and attention_mask is not None and self.config.unpad:
+            if bool(attention_mask[:, 0].all()):
+                unpadded = Unpadded(attention_mask)
+        out = self.bert(input_ids, token_type_ids, attention_mask, unpadded=unpadded)
+        h = out.last_hidden_state  # (B, T, H) or (N, H)
+        if masked_positions is not None:  # (M, H), row-major order
+            h = h[masked_positions] if unpadded is None else h[unpadded.rows(masked_positions)]
         return PreTrainingOutput(mlm_logits=self.mlm(h), nsp_logits=self.nsp(out.pooler_output))
 
 
@@ -321,7 +419,7 @@ class BertForSequenceClassification(nn.Module):
         super().__init__()
         self.config = config
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.fast_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
 

@@ -228,6 +228,18 @@ class Benchmark:
                 "MLM logits at masked positions (ours)": step(),
                 "MLM logits at all positions, then gathered": step(full_mlm=True),
             }
+        elif name == "unpad":
+            variants = {
+                "padding tokens skipped by token-wise layers (ours)": step(),
+                "padded (B, T) throughout": step(bsteps.with_model_flags(base, unpad=False)),
+            }
+        elif name == "fast_dropout":
+            variants = {
+                "keep masks from 32-bit random integers (ours)": step(),
+                "bernoulli_ masks (torch.nn.Dropout)": step(
+                    bsteps.with_model_flags(base, fast_dropout=False)
+                ),
+            }
         elif name == "fused_qkv":
             variants = {
                 "fused QKV Linear(H, 3H) (ours)": step(),
