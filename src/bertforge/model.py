@@ -50,6 +50,8 @@ class BertConfig:
     problem_type: str = from_upstream("classification", "the task")  # or "regression"
     pre_layernorm: bool = False  # pre-LN blocks + a final LayerNorm (Xiong et al.); not HF's
     unpad: bool = True  # pretraining: token-wise layers skip padding tokens (same outputs)
+    prune_last_layer: bool = True  # pretraining + unpad: the last layer computes only the
+    # outputs the heads read ([CLS] and masked positions); the others are never used
     fast_dropout: bool = True  # CPU: keep masks from 32-bit random integers (same probability)
     name: str = field(default="bert_tiny", compare=False)  # the preset: titles, run names
 
@@ -154,27 +156,40 @@ class Dropout(nn.Module):
 class Unpadded:
     """Where the real tokens of a right-padded (B, T) batch are: the token-wise layers (embeddings,
     projections, feed-forward, LayerNorms, dropout, heads) run on these N tokens only and
-    attention re-pads them (MosaicBERT, Portes et al. 2023), so padding costs nothing there."""
+    attention re-pads them (MosaicBERT, Portes et al. 2023), so padding costs nothing there.
 
-    def __init__(self, attention_mask: torch.Tensor) -> None:
+    `outputs` (bool (B, T), real tokens only) optionally names the R tokens whose last-layer
+    outputs are needed: that layer then computes only those (its keys and values: all N)."""
+
+    def __init__(self, attention_mask: torch.Tensor, outputs: torch.Tensor | None = None) -> None:
         self.B, self.T = attention_mask.shape
-        self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) flat b * T + t
-        slot = torch.full((self.B * self.T,), -1, dtype=torch.long, device=self.index.device)
-        slot[self.index] = torch.arange(len(self.index), device=self.index.device)
-        self.slot = slot.view(self.B, self.T)  # (B, T): row of each real token, -1 at padding
+        real = attention_mask.bool()
+        self.index = real.flatten().nonzero().squeeze(1)  # (N,) flat b * T + t
+        self.slot = _slots(real)  # (B, T): row of each real token, -1 at padding
+        self.outputs = None if outputs is None else self.slot[outputs]  # (R,) rows of N
+        self.out_slot = self.slot if outputs is None else _slots(outputs)  # (B, T) -> output row
 
-    def unpad(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, ...) -> (N, ...)"""
-        return x.flatten(0, 1).index_select(0, self.index)
+    def unpad(self, x: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...), or the rows at flat positions `at`."""
+        return x.flatten(0, 1).index_select(0, self.index if at is None else at)
 
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C) -> (B, T, C), zeros at padding."""
-        out = x.new_zeros(self.B * self.T, x.size(-1)).index_copy(0, self.index, x)
+    def pad(self, x: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C), or rows for flat positions `at`, -> (B, T, C) with zeros elsewhere."""
+        at = self.index if at is None else at
+        out = x.new_zeros(self.B * self.T, x.size(-1)).index_copy(0, at, x)
         return out.view(self.B, self.T, x.size(-1))
 
     def rows(self, positions: torch.Tensor) -> torch.Tensor:
-        """Rows (into the N real tokens) of a bool (B, T) selection of real tokens, row-major."""
-        return self.slot[positions]
+        """Rows of the encoder's output for a bool (B, T) selection of its tokens, row-major."""
+        return self.out_slot[positions]
+
+
+def _slots(selection: torch.Tensor) -> torch.Tensor:
+    """bool (B, T) -> long (B, T): 0, 1, ... at the selected positions in row-major order, -1
+    elsewhere."""
+    slot = torch.full(selection.shape, -1, dtype=torch.long, device=selection.device)
+    slot[selection] = torch.arange(int(selection.sum()), device=selection.device)
+    return slot
 
 
 class Embeddings(nn.Module):
@@ -219,16 +234,24 @@ class SelfAttention(nn.Module):
         mask: torch.Tensor | None,
         output_attentions: bool = False,
         unpadded: Unpadded | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, T, H), or (N, H) with `unpadded`; mask: additive (B, 1, 1, T) or None.
-        Returns (y shaped as x, probs or None)."""
-        qkv = self.qkv(x)  # (B, T, 3H) or (N, 3H)
-        if unpadded is not None:
-            qkv = unpadded.pad(qkv)  # (B, T, 3H), zeros at padding (masked keys)
-        q, k, v = qkv.split(x.size(-1), dim=2)  # 3 x (B, T, H)
+        Returns (y shaped as x, or (R, H) for queries at `rows` only; probs or None)."""
+        H = x.size(-1)
+        if rows is None:
+            qkv = self.qkv(x)  # (B, T, 3H) or (N, 3H)
+            if unpadded is not None:
+                qkv = unpadded.pad(qkv)  # (B, T, 3H), zeros at padding (masked keys)
+            q, k, v = qkv.split(H, dim=-1)  # 3 x (B, T, H)
+        else:  # keys and values of all N tokens, queries only at the R rows
+            w, b = self.qkv.weight, self.qkv.bias
+            at = unpadded.index[rows]  # (R,) flat positions
+            q = unpadded.pad(F.linear(x[rows], w[:H], b[:H]), at)  # (B, T, H), zeros elsewhere
+            k, v = unpadded.pad(F.linear(x, w[H:], b[H:])).split(H, dim=-1)  # 2 x (B, T, H)
         y, probs = self.attend(q, k, v, mask, output_attentions)
         if unpadded is not None:
-            y = unpadded.unpad(y)  # (N, H)
+            y = unpadded.unpad(y, None if rows is None else at)  # (N, H) or (R, H)
         return self.proj(y), probs
 
     def attend(
@@ -292,13 +315,15 @@ class Block(nn.Module):
         mask: torch.Tensor | None,
         output_attentions: bool = False,
         unpadded: Unpadded | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`rows` (with `unpadded`): compute the outputs at these rows of x only."""
         if self.pre_layernorm:  # x + f(LN(x)): the residual stream itself is never normalised
-            a, probs = self.attn(self.norm1(x), mask, output_attentions, unpadded)
-            x = x + self.dropout(a)
+            a, probs = self.attn(self.norm1(x), mask, output_attentions, unpadded, rows)
+            x = (x if rows is None else x[rows]) + self.dropout(a)
             return x + self.dropout(self.ffn(self.norm2(x))), probs
-        a, probs = self.attn(x, mask, output_attentions, unpadded)  # LN(x + f(x))
-        x = self.norm1(x + self.dropout(a))
+        a, probs = self.attn(x, mask, output_attentions, unpadded, rows)  # LN(x + f(x))
+        x = self.norm1((x if rows is None else x[rows]) + self.dropout(a))
         x = self.norm2(x + self.dropout(self.ffn(x)))
         return x, probs
 
@@ -331,7 +356,8 @@ class BertModel(nn.Module):
         """input_ids, token_type_ids, attention_mask: (B, T); the mask is 1 for real tokens.
 
         With `unpadded` (of attention_mask; every row's [CLS] real), the hidden states are
-        (N, H), the real tokens in `unpadded.index` order."""
+        (N, H), the real tokens in `unpadded.index` order; the last is (R, H) if it names
+        `outputs` (then `unpadded.rows` finds positions in it)."""
         B, T = input_ids.size()
         self.config.check_length("the input's sequence length", T)
         if token_type_ids is None:
@@ -349,13 +375,15 @@ class BertModel(nn.Module):
             mask = mask.masked_fill(padding, torch.finfo(x.dtype).min)  # (B, 1, 1, T)
         hidden_states = [x]
         attentions = []
-        for layer in self.layers:
-            x, probs = layer(x, mask, output_attentions, unpadded)
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            rows = unpadded.outputs if last and unpadded is not None else None
+            x, probs = layer(x, mask, output_attentions, unpadded, rows)
             hidden_states.append(x)
             attentions.append(probs)
         if self.config.pre_layernorm:
             x = hidden_states[-1] = self.final_norm(x)
-        cls = x[:, 0] if unpadded is None else x[unpadded.slot[:, 0]]  # (B, H)
+        cls = x[:, 0] if unpadded is None else x[unpadded.out_slot[:, 0]]  # (B, H)
         pooled = torch.tanh(self.pooler(cls))  # (B, H)
         return BertOutput(
             last_hidden_state=x,
@@ -403,8 +431,13 @@ class BertForPreTraining(nn.Module):
         on the real tokens only: nothing but these logits leaves this method)."""
         unpadded = None
         if masked_positions is not None and attention_mask is not None and self.config.unpad:
-            if bool(attention_mask[:, 0].all()):
-                unpadded = Unpadded(attention_mask)
+            real = attention_mask.bool()
+            if bool(real[:, 0].all() and (real | ~masked_positions).all()):
+                outputs = None
+                if self.config.prune_last_layer:  # what the heads read: [CLS], masked tokens
+                    outputs = masked_positions.clone()
+                    outputs[:, 0] = True
+                unpadded = Unpadded(attention_mask, outputs)
         out = self.bert(input_ids, token_type_ids, attention_mask, unpadded=unpadded)
         h = out.last_hidden_state  # (B, T, H) or (N, H)
         if masked_positions is not None:  # (M, H), row-major order

@@ -17,8 +17,8 @@ from bertforge.errors import ConfigError
 
 SUITES = ("tokenizer", "pretokenize", "pretrain", "experiments", "dataloader", "tsne")
 EXPERIMENTS = (
-    "masked_mlm", "unpad", "fast_dropout", "fused_qkv", "length_bucketing", "adamw", "threads",
-    "compile", "bf16",
+    "masked_mlm", "combined", "unpad", "prune_last_layer", "fast_dropout", "fused_qkv",
+    "length_bucketing", "adamw", "threads", "compile", "bf16",
 )  # fmt: skip
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
 
@@ -62,7 +62,9 @@ class BenchmarkConfig:
     experiments: list[str] = field(
         default_factory=lambda: [
             "masked_mlm",
+            "combined",
             "unpad",
+            "prune_last_layer",
             "fast_dropout",
             "fused_qkv",
             "length_bucketing",

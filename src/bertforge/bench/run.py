@@ -228,10 +228,26 @@ class Benchmark:
                 "MLM logits at masked positions (ours)": step(),
                 "MLM logits at all positions, then gathered": step(full_mlm=True),
             }
-        elif name == "unpad":
+        elif name == "combined":
+            before = dict(unpad=False, prune_last_layer=False, fast_dropout=False)
             variants = {
-                "padding tokens skipped by token-wise layers (ours)": step(),
+                "unpad + prune_last_layer + fast_dropout (ours)": step(),
+                "none of them (padded, full last layer, bernoulli_ dropout)": step(
+                    bsteps.with_model_flags(base, **before)
+                ),
+            }
+        elif name == "unpad":  # the last layer unpruned in both: pruning needs unpadding
+            unpruned = bsteps.with_model_flags(base, prune_last_layer=False)
+            variants = {
+                "token-wise layers skip padding (ours; last layer not pruned)": step(unpruned),
                 "padded (B, T) throughout": step(bsteps.with_model_flags(base, unpad=False)),
+            }
+        elif name == "prune_last_layer":
+            variants = {
+                "last layer only at [CLS] and masked positions (ours)": step(),
+                "last layer at every real token": step(
+                    bsteps.with_model_flags(base, prune_last_layer=False)
+                ),
             }
         elif name == "fast_dropout":
             variants = {

@@ -178,13 +178,14 @@ class SeparateQKVAttention(SelfAttention):
                 linear.bias.copy_(b)
         self.to(fused.qkv.weight.device)
 
-    def forward(self, x, mask, output_attentions=False, unpadded=None):
-        q, k, v = self.q(x), self.k(x), self.v(x)
-        if unpadded is not None:
-            q, k, v = unpadded.pad(q), unpadded.pad(k), unpadded.pad(v)
+    def forward(self, x, mask, output_attentions=False, unpadded=None, rows=None):
+        q, k, v = self.q(x if rows is None else x[rows]), self.k(x), self.v(x)
+        if unpadded is not None:  # as SelfAttention.forward
+            at = None if rows is None else unpadded.index[rows]
+            q, k, v = unpadded.pad(q, at), unpadded.pad(k), unpadded.pad(v)
         y, probs = self.attend(q, k, v, mask, output_attentions)
         if unpadded is not None:
-            y = unpadded.unpad(y)
+            y = unpadded.unpad(y, at)
         return self.proj(y), probs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, replace
 
@@ -22,7 +23,7 @@ from bertforge.data.pretraining import (
     special_ids_of,
 )
 from bertforge.data.tokenizer import write_model_max_length
-from bertforge.hf import export_hf
+from bertforge.hf import export_hf, hf_export_refusal
 from bertforge.lit.pretrain import PretrainingModule
 from bertforge.lit.trainer import batch_plan, last_checkpoint, make_trainer
 from bertforge.model import BertConfig, num_parameters
@@ -87,7 +88,11 @@ def build(ctx: BuildContext) -> dict[str, float]:
 
         save_model(module.model, ctx.path)
         export_dir = ctx.path / HF_DIR
-        export_hf(module.model, bert_config, export_dir)
+        if reason := hf_export_refusal(bert_config):  # hf/ then holds the tokenizer only
+            export_dir.mkdir(parents=True, exist_ok=True)
+            logging.getLogger(__name__).warning("no HF export: %s", reason)
+        else:
+            export_hf(module.model, bert_config, export_dir)
         for name in TOKENIZER_FILES:
             shutil.copy2(tokenizer_artifact.path / name, export_dir / name)
         write_model_max_length(export_dir, bert_config.max_position_embeddings)
