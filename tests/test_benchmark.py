@@ -52,7 +52,10 @@ def test_smoke_run_writes_json_with_documented_keys(smoke):
     assert result["flops_formula"].startswith("6*L*(4*H^2 + 2*H*I)*n")
 
     experiments = {e["name"]: e for e in result["experiments"]}
-    assert set(experiments) == {"masked_mlm", "fused_qkv", "length_bucketing", "adamw"}
+    assert set(experiments) == {
+        "masked_mlm", "combined", "unpad", "prune_last_layer", "fast_dropout", "fused_qkv",
+        "length_bucketing", "adamw",
+    }  # fmt: skip
     for e in experiments.values():
         assert e["variants"][0]["speedup"] == 1.0
         assert all(v["tokens_per_s"] > 0 for v in e["variants"])
@@ -130,8 +133,34 @@ def test_separate_qkv_variant_computes_the_same_model():
     ids = torch.randint(5, 50, (2, 7))
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0
+    masked = torch.zeros_like(mask, dtype=torch.bool)
+    masked[:, 2] = masked[0, 6] = True
+    for positions in (None, masked):  # padded; unpadded with the last layer pruned
+        with torch.no_grad():
+            a = module.model(ids, attention_mask=mask, masked_positions=positions)
+            b = split.model(ids, attention_mask=mask, masked_positions=positions)
+        torch.testing.assert_close(a.mlm_logits, b.mlm_logits)
+        torch.testing.assert_close(a.nsp_logits, b.nsp_logits)
+
+
+def test_model_flag_variants_compute_the_same_model():
+    from bertforge.bench.steps import with_model_flags
+    from bertforge.lit.pretrain import PretrainingModule
+    from bertforge.model import BertConfig
+
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_attention_heads=4, intermediate_size=64)
+    module = PretrainingModule.from_config(cfg).eval()
+    before = with_model_flags(module, unpad=False, prune_last_layer=False, fast_dropout=False)
+    assert not before.model.config.unpad and module.model.config.unpad
+    before.eval()
+    ids = torch.randint(5, 50, (3, 8))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = mask[2, 3:] = 0
+    masked = torch.zeros_like(mask, dtype=torch.bool)
+    masked[:, 1] = masked[0, 7] = True
     with torch.no_grad():
-        a, b = module.model(ids, attention_mask=mask), split.model(ids, attention_mask=mask)
+        a = module.model(ids, attention_mask=mask, masked_positions=masked)
+        b = before.model(ids, attention_mask=mask, masked_positions=masked)
     torch.testing.assert_close(a.mlm_logits, b.mlm_logits)
     torch.testing.assert_close(a.nsp_logits, b.nsp_logits)
 

@@ -409,3 +409,13 @@ def test_tokenizer_without_bert_special_tokens_is_an_error(tmp_path):
     (tmp_path / "vocab.txt").write_text("".join(f"{token}\n" for token in tokens))
     with pytest.raises(CheckpointError, match=r"vocab.txt lacks \[CLS\], \[SEP\], \[PAD\]"):
         read_hf_checkpoint(tmp_path)
+
+
+def test_pre_layernorm_export_is_refused_in_one_line(tmp_path):
+    cfg = tiny_config(pre_layernorm=True)
+    with pytest.raises(CheckpointError, match="pre_layernorm=true cannot be exported") as err:
+        export_hf(BertForPreTraining(cfg), cfg, tmp_path / "hf")
+    assert "\n" not in str(err.value) and "our own checkpoints" in str(err.value)
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(CheckpointError, match="post-LayerNorm blocks only"):
+        bert_config_to_hf_dict(cfg)

@@ -1,4 +1,5 @@
-"""Tests for bertforge.model: shapes, masked-only MLM, attention probabilities, padding, config."""
+"""Tests for bertforge.model: shapes, masked-only MLM, attention probabilities, padding, config,
+pre-LN blocks, the unpadded pretraining path and the CPU dropout."""
 
 import pytest
 import torch
@@ -9,8 +10,10 @@ from bertforge.model import (
     BertForPreTraining,
     BertForSequenceClassification,
     BertModel,
+    Dropout,
     num_parameters,
 )
+from bertforge.pipeline.stage import hashed_view
 
 VOCAB = 50
 
@@ -196,3 +199,79 @@ def test_gradients_reach_every_parameter():
     out = model(ids, types, mask, masked_positions=mask.bool())
     (out.mlm_logits.sum() + out.nsp_logits.sum()).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# --- pre-LN, unpadding, dropout (issue 13) ---------------------------------------------------
+
+
+def pretraining_batch():
+    """A padded batch and masked positions on real tokens (never [CLS])."""
+    ids, types, mask = padded_batch(lengths=(9, 6, 3, 7), T=9)
+    g = torch.Generator().manual_seed(1)
+    masked = (torch.rand(ids.shape, generator=g) < 0.4) & mask.bool()
+    masked[:, 0] = False
+    masked[:, 1] = True  # every row has one
+    return ids, types, mask, masked
+
+
+def forward_backward(model, batch):
+    out = model(*batch)
+    loss = out.mlm_logits.square().mean() + out.nsp_logits.square().mean()
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    return out, grads
+
+
+@pytest.mark.parametrize("pre_layernorm", [False, True])
+@pytest.mark.parametrize("prune", [True, False])
+def test_unpadded_pretraining_gives_padded_outputs_and_gradients(pre_layernorm, prune):
+    drop = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = tiny_config(pre_layernorm=pre_layernorm, prune_last_layer=prune, **drop)
+    unpadded = BertForPreTraining(config).train()
+    padded = BertForPreTraining(tiny_config(pre_layernorm=pre_layernorm, unpad=False, **drop))
+    padded.load_state_dict(unpadded.state_dict())
+    batch = pretraining_batch()
+    (a, grads_a), (b, grads_b) = forward_backward(unpadded, batch), forward_backward(padded, batch)
+    assert a.mlm_logits.shape == (int(batch[3].sum()), VOCAB)
+    torch.testing.assert_close(a.mlm_logits, b.mlm_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.nsp_logits, b.nsp_logits, atol=1e-5, rtol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_pre_layernorm_forward_backward():
+    model = BertForPreTraining(tiny_config(pre_layernorm=True)).train()
+    assert "bert.final_norm.weight" in model.state_dict()
+    assert "bert.final_norm.weight" not in BertForPreTraining(tiny_config()).state_dict()
+    ids, types, mask, masked = pretraining_batch()
+    out = model(ids, types, mask, masked)
+    assert torch.isfinite(out.mlm_logits).all() and out.nsp_logits.shape == (4, 2)
+    (out.mlm_logits.sum() + out.nsp_logits.sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # the encoder's outputs are the final LayerNorm's: zero mean over H at every position
+    bert = model.bert.eval()
+    hidden = bert(ids, types, mask, output_hidden_states=True)
+    assert torch.allclose(hidden.last_hidden_state.mean(-1), torch.zeros(4, 9), atol=1e-5)
+    assert torch.equal(hidden.hidden_states[-1], hidden.last_hidden_state)
+    post = BertModel(tiny_config()).eval()
+    post.load_state_dict(bert.state_dict(), strict=False)
+    assert not torch.allclose(post(ids, types, mask).last_hidden_state, hidden.last_hidden_state)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_dropout_keeps_probability_and_expectation(fast):
+    dropout = Dropout(0.1, fast=fast).train()
+    x = torch.ones(1000, 1000)
+    y = dropout(x)
+    assert abs(float((y > 0).float().mean()) - 0.9) < 0.002  # 1e6 draws: sd 3e-4
+    assert torch.allclose(y[y > 0], torch.full_like(y[y > 0], 1 / 0.9))
+    assert torch.equal(dropout.eval()(x), x)
+    z = torch.ones(3, 5, requires_grad=True)
+    Dropout(0.5, fast=fast).train()(z).sum().backward()
+    assert set(z.grad.unique().tolist()) <= {0.0, 2.0}
+
+
+def test_new_model_switches_enter_the_hash():
+    view = hashed_view(BertConfig(), fingerprint=None)
+    assert {"pre_layernorm", "unpad", "prune_last_layer", "fast_dropout"} <= view.keys()

@@ -218,8 +218,21 @@ def load_hf_state_dict(model, sd: dict[str, torch.Tensor], require_heads: bool =
 # ----------------------------------------------------------------------------- configs
 
 
+def hf_export_refusal(cfg: BertConfig) -> str | None:
+    """Why transformers' BERT cannot represent `cfg` (one line), or None when it can."""
+    if cfg.pre_layernorm:
+        return (
+            "model.pre_layernorm=true cannot be exported to transformers: HF BertModel has "
+            "post-LayerNorm blocks only; our own checkpoints (model.safetensors + "
+            "model_config.json, Lightning .ckpt) still work for finetune, extract and visualize"
+        )
+    return None
+
+
 def bert_config_to_hf_dict(cfg: BertConfig) -> dict:
     """The HF ``config.json`` contents for ``cfg`` (without ``architectures``)."""
+    if reason := hf_export_refusal(cfg):
+        raise CheckpointError(reason)
     return {
         "model_type": "bert",
         "vocab_size": cfg.vocab_size,
@@ -418,6 +431,8 @@ def export_hf(model, cfg: BertConfig, out_dir: str | Path, architecture: str | N
     ``architecture`` defaults to the HF class matching the model (``BertForPreTraining`` for a
     bertforge ``BertForPreTraining``). Tokenizer files are not written.
     """
+    if reason := hf_export_refusal(cfg):
+        raise CheckpointError(reason)
     allowed = ARCHITECTURES[type(model)]
     architecture = architecture or allowed[0]
     if architecture not in allowed:

@@ -1,11 +1,17 @@
-"""BERT in one file: embeddings, post-LN encoder, pooler, pre-training and classification heads.
+"""BERT in one file: embeddings, encoder, pooler, pre-training and classification heads.
 
 Follows the original BERT (Devlin et al., 2019) and is weight-compatible with Hugging Face's
 ``BertModel`` / ``BertForPreTraining`` (see ``bertforge.hf``). The only structural difference is
 that the query, key and value projections are fused into a single ``Linear(H, 3H)``.
+``pre_layernorm=True`` switches to pre-LN blocks (Xiong et al., 2020), which HF BERT cannot load.
+
+Two speed-ups leave the maths unchanged: pretraining runs the token-wise layers on the real tokens
+only (``unpad``, as MosaicBERT; attention re-pads), and on CPU dropout draws its keep mask from
+32-bit random integers rather than ``bernoulli_`` (``fast_dropout``).
 
 Shapes: B = batch size, T = sequence length, H = hidden size, nh = number of heads,
-hs = head size (H // nh), V = vocabulary size, M = number of masked positions.
+hs = head size (H // nh), V = vocabulary size, M = number of masked positions,
+N = number of real (non-padding) tokens.
 """
 
 import math
@@ -42,6 +48,11 @@ class BertConfig:
     pad_token_id: int = from_upstream(0, "the tokenizer ([PAD])")
     num_labels: int = from_upstream(2, "the task")  # outputs of the sequence head (1: regression)
     problem_type: str = from_upstream("classification", "the task")  # or "regression"
+    pre_layernorm: bool = False  # pre-LN blocks + a final LayerNorm (Xiong et al.); not HF's
+    unpad: bool = True  # pretraining: token-wise layers skip padding tokens (same outputs)
+    prune_last_layer: bool = True  # pretraining + unpad: the last layer computes only the
+    # outputs the heads read ([CLS] and masked positions); the others are never used
+    fast_dropout: bool = True  # CPU: keep masks from 32-bit random integers (same probability)
     name: str = field(default="bert_tiny", compare=False)  # the preset: titles, run names
 
     def __post_init__(self) -> None:
@@ -121,6 +132,66 @@ class SequenceClassifierOutput:
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
+class Dropout(nn.Module):
+    """``nn.Dropout``; with ``fast`` on CPU, the keep mask comes from 32-bit random integers, two
+    per 64-bit draw, which costs a third of ``bernoulli_``. Same keep probability (to 2^-32,
+    finer than ``torch.rand``'s 2^-24) and scaling; another random stream."""
+
+    def __init__(self, p: float, fast: bool = True) -> None:
+        super().__init__()
+        self.p, self.fast = p, fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if not (self.fast and x.device.type == "cpu"):
+            return F.dropout(x, self.p, training=True)
+        n = x.numel()
+        bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=x.device)
+        bits = bits.random_(-(2**63), None).view(torch.int32)[:n].view(x.shape)  # uniform int32
+        keep = bits >= round(self.p * 2**32) - 2**31  # P(keep) = 1 - p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
+class Unpadded:
+    """Where the real tokens of a right-padded (B, T) batch are: the token-wise layers (embeddings,
+    projections, feed-forward, LayerNorms, dropout, heads) run on these N tokens only and
+    attention re-pads them (MosaicBERT, Portes et al. 2023), so padding costs nothing there.
+
+    `outputs` (bool (B, T), real tokens only) optionally names the R tokens whose last-layer
+    outputs are needed: that layer then computes only those (its keys and values: all N)."""
+
+    def __init__(self, attention_mask: torch.Tensor, outputs: torch.Tensor | None = None) -> None:
+        self.B, self.T = attention_mask.shape
+        real = attention_mask.bool()
+        self.index = real.flatten().nonzero().squeeze(1)  # (N,) flat b * T + t
+        self.slot = _slots(real)  # (B, T): row of each real token, -1 at padding
+        self.outputs = None if outputs is None else self.slot[outputs]  # (R,) rows of N
+        self.out_slot = self.slot if outputs is None else _slots(outputs)  # (B, T) -> output row
+
+    def unpad(self, x: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...), or the rows at flat positions `at`."""
+        return x.flatten(0, 1).index_select(0, self.index if at is None else at)
+
+    def pad(self, x: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C), or rows for flat positions `at`, -> (B, T, C) with zeros elsewhere."""
+        at = self.index if at is None else at
+        out = x.new_zeros(self.B * self.T, x.size(-1)).index_copy(0, at, x)
+        return out.view(self.B, self.T, x.size(-1))
+
+    def rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """Rows of the encoder's output for a bool (B, T) selection of its tokens, row-major."""
+        return self.out_slot[positions]
+
+
+def _slots(selection: torch.Tensor) -> torch.Tensor:
+    """bool (B, T) -> long (B, T): 0, 1, ... at the selected positions in row-major order, -1
+    elsewhere."""
+    slot = torch.full(selection.shape, -1, dtype=torch.long, device=selection.device)
+    slot[selection] = torch.arange(int(selection.sum()), device=selection.device)
+    return slot
+
+
 class Embeddings(nn.Module):
     """Sum of token, learned position and segment embeddings, then LayerNorm and dropout."""
 
@@ -131,15 +202,16 @@ class Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, H)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, H)
         self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.fast_dropout)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        T = input_ids.size(1)
-        pos = torch.arange(T, device=input_ids.device)  # (T,)
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """input_ids, token_type_ids: (B, T) with positions (T,), or (N,) with positions (N,)."""
         x = (
-            self.word_embeddings(input_ids)  # (B, T, H)
-            + self.position_embeddings(pos)  # (T, H), broadcast over B
-            + self.token_type_embeddings(token_type_ids)  # (B, T, H)
+            self.word_embeddings(input_ids)  # (B, T, H) or (N, H)
+            + self.position_embeddings(positions)  # (T, H) broadcast over B, or (N, H)
+            + self.token_type_embeddings(token_type_ids)
         )
         return self.dropout(self.norm(x))
 
@@ -154,13 +226,32 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(H, 3 * H)  # query, key, value stacked along the output dim
         self.proj = nn.Linear(H, H)
         self.attn_dropout = config.attention_probs_dropout_prob
+        self.probs_dropout = Dropout(config.attention_probs_dropout_prob, config.fast_dropout)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, output_attentions: bool = False
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        output_attentions: bool = False,
+        unpadded: Unpadded | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, H); mask: additive (B, 1, 1, T) or None. Returns (y, probs or None)."""
-        q, k, v = self.qkv(x).split(x.size(-1), dim=2)  # 3 x (B, T, H)
+        """x: (B, T, H), or (N, H) with `unpadded`; mask: additive (B, 1, 1, T) or None.
+        Returns (y shaped as x, or (R, H) for queries at `rows` only; probs or None)."""
+        H = x.size(-1)
+        if rows is None:
+            qkv = self.qkv(x)  # (B, T, 3H) or (N, 3H)
+            if unpadded is not None:
+                qkv = unpadded.pad(qkv)  # (B, T, 3H), zeros at padding (masked keys)
+            q, k, v = qkv.split(H, dim=-1)  # 3 x (B, T, H)
+        else:  # keys and values of all N tokens, queries only at the R rows
+            w, b = self.qkv.weight, self.qkv.bias
+            at = unpadded.index[rows]  # (R,) flat positions
+            q = unpadded.pad(F.linear(x[rows], w[:H], b[:H]), at)  # (B, T, H), zeros elsewhere
+            k, v = unpadded.pad(F.linear(x, w[H:], b[H:])).split(H, dim=-1)  # 2 x (B, T, H)
         y, probs = self.attend(q, k, v, mask, output_attentions)
+        if unpadded is not None:
+            y = unpadded.unpad(y, None if rows is None else at)  # (N, H) or (R, H)
         return self.proj(y), probs
 
     def attend(
@@ -186,7 +277,7 @@ class SelfAttention(nn.Module):
             if mask is not None:
                 att = att + mask
             probs = F.softmax(att, dim=-1)  # (B, nh, T, T)
-            y = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
+            y = self.probs_dropout(probs) @ v  # (B, nh, T, hs)
         else:
             probs = None
             if mask is not None and mask.dtype != q.dtype:  # autocast: SDPA wants q's dtype
@@ -207,27 +298,39 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """Post-LN transformer layer as in the original BERT."""
+    """Transformer layer: post-LN as in the original BERT, or pre-LN (Xiong et al., 2020)."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
+        self.pre_layernorm = config.pre_layernorm
         self.attn = SelfAttention(config)
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.fast_dropout)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, output_attentions: bool = False
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        output_attentions: bool = False,
+        unpadded: Unpadded | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, probs = self.attn(x, mask, output_attentions)
-        x = self.norm1(x + self.dropout(a))
+        """`rows` (with `unpadded`): compute the outputs at these rows of x only."""
+        if self.pre_layernorm:  # x + f(LN(x)): the residual stream itself is never normalised
+            a, probs = self.attn(self.norm1(x), mask, output_attentions, unpadded, rows)
+            x = (x if rows is None else x[rows]) + self.dropout(a)
+            return x + self.dropout(self.ffn(self.norm2(x))), probs
+        a, probs = self.attn(x, mask, output_attentions, unpadded, rows)  # LN(x + f(x))
+        x = self.norm1((x if rows is None else x[rows]) + self.dropout(a))
         x = self.norm2(x + self.dropout(self.ffn(x)))
         return x, probs
 
 
 class BertModel(nn.Module):
-    """Embeddings, a stack of encoder blocks, and a tanh pooler on the [CLS] position."""
+    """Embeddings, a stack of encoder blocks (pre-LN: then a LayerNorm), and a tanh pooler on
+    the [CLS] position."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -236,6 +339,8 @@ class BertModel(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList([Block(config) for _ in range(config.num_hidden_layers)])
+        if config.pre_layernorm:  # pre-LN blocks leave the residual stream un-normalised
+            self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.apply(lambda m: init_weights(m, config.initializer_range))
 
@@ -246,13 +351,23 @@ class BertModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        unpadded: Unpadded | None = None,
     ) -> BertOutput:
-        """input_ids, token_type_ids, attention_mask: (B, T); the mask is 1 for real tokens."""
+        """input_ids, token_type_ids, attention_mask: (B, T); the mask is 1 for real tokens.
+
+        With `unpadded` (of attention_mask; every row's [CLS] real), the hidden states are
+        (N, H), the real tokens in `unpadded.index` order; the last is (R, H) if it names
+        `outputs` (then `unpadded.rows` finds positions in it)."""
         B, T = input_ids.size()
         self.config.check_length("the input's sequence length", T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        positions = torch.arange(T, device=input_ids.device)  # (T,)
+        if unpadded is None:
+            x = self.embeddings(input_ids, token_type_ids, positions)  # (B, T, H)
+        else:
+            ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)  # (N,)
+            x = self.embeddings(ids, types, unpadded.index % T)  # (N, H)
         mask = None  # additive attention mask: 0 = attend, dtype minimum = padding key
         if attention_mask is not None:
             padding = ~attention_mask.bool().view(B, 1, 1, T)
@@ -260,11 +375,16 @@ class BertModel(nn.Module):
             mask = mask.masked_fill(padding, torch.finfo(x.dtype).min)  # (B, 1, 1, T)
         hidden_states = [x]
         attentions = []
-        for layer in self.layers:
-            x, probs = layer(x, mask, output_attentions)
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            rows = unpadded.outputs if last and unpadded is not None else None
+            x, probs = layer(x, mask, output_attentions, unpadded, rows)
             hidden_states.append(x)
             attentions.append(probs)
-        pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H)
+        if self.config.pre_layernorm:
+            x = hidden_states[-1] = self.final_norm(x)
+        cls = x[:, 0] if unpadded is None else x[unpadded.out_slot[:, 0]]  # (B, H)
+        pooled = torch.tanh(self.pooler(cls))  # (B, H)
         return BertOutput(
             last_hidden_state=x,
             pooler_output=pooled,
@@ -306,11 +426,22 @@ class BertForPreTraining(nn.Module):
         attention_mask: torch.Tensor | None = None,
         masked_positions: torch.Tensor | None = None,
     ) -> PreTrainingOutput:
-        """masked_positions: optional bool (B, T); when given, the MLM head runs only there."""
-        out = self.bert(input_ids, token_type_ids, attention_mask)
-        h = out.last_hidden_state  # (B, T, H)
-        if masked_positions is not None:
-            h = h[masked_positions]  # (M, H), row-major order
+        """masked_positions: optional bool (B, T); when given, the MLM head runs only there (and
+        with `config.unpad` and an attention mask whose [CLS] column is real, the encoder runs
+        on the real tokens only: nothing but these logits leaves this method)."""
+        unpadded = None
+        if masked_positions is not None and attention_mask is not None and self.config.unpad:
+            real = attention_mask.bool()
+            if bool(real[:, 0].all() and (real | ~masked_positions).all()):
+                outputs = None
+                if self.config.prune_last_layer:  # what the heads read: [CLS], masked tokens
+                    outputs = masked_positions.clone()
+                    outputs[:, 0] = True
+                unpadded = Unpadded(attention_mask, outputs)
+        out = self.bert(input_ids, token_type_ids, attention_mask, unpadded=unpadded)
+        h = out.last_hidden_state  # (B, T, H) or (N, H)
+        if masked_positions is not None:  # (M, H), row-major order
+            h = h[masked_positions] if unpadded is None else h[unpadded.rows(masked_positions)]
         return PreTrainingOutput(mlm_logits=self.mlm(h), nsp_logits=self.nsp(out.pooler_output))
 
 
@@ -321,7 +452,7 @@ class BertForSequenceClassification(nn.Module):
         super().__init__()
         self.config = config
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.fast_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
 

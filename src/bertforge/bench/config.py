@@ -16,7 +16,10 @@ from bertforge.config import PathsConfig, PretrainConfig, TokenizerConfig, to_co
 from bertforge.errors import ConfigError
 
 SUITES = ("tokenizer", "pretokenize", "pretrain", "experiments", "dataloader", "tsne")
-EXPERIMENTS = ("masked_mlm", "fused_qkv", "length_bucketing", "adamw", "threads", "compile", "bf16")
+EXPERIMENTS = (
+    "masked_mlm", "combined", "unpad", "prune_last_layer", "fast_dropout", "fused_qkv",
+    "length_bucketing", "adamw", "threads", "compile", "bf16",
+)  # fmt: skip
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
 
 
@@ -59,6 +62,10 @@ class BenchmarkConfig:
     experiments: list[str] = field(
         default_factory=lambda: [
             "masked_mlm",
+            "combined",
+            "unpad",
+            "prune_last_layer",
+            "fast_dropout",
             "fused_qkv",
             "length_bucketing",
             "adamw",

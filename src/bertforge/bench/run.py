@@ -228,6 +228,34 @@ class Benchmark:
                 "MLM logits at masked positions (ours)": step(),
                 "MLM logits at all positions, then gathered": step(full_mlm=True),
             }
+        elif name == "combined":
+            before = dict(unpad=False, prune_last_layer=False, fast_dropout=False)
+            variants = {
+                "unpad + prune_last_layer + fast_dropout (ours)": step(),
+                "none of them (padded, full last layer, bernoulli_ dropout)": step(
+                    bsteps.with_model_flags(base, **before)
+                ),
+            }
+        elif name == "unpad":  # the last layer unpruned in both: pruning needs unpadding
+            unpruned = bsteps.with_model_flags(base, prune_last_layer=False)
+            variants = {
+                "token-wise layers skip padding (ours; last layer not pruned)": step(unpruned),
+                "padded (B, T) throughout": step(bsteps.with_model_flags(base, unpad=False)),
+            }
+        elif name == "prune_last_layer":
+            variants = {
+                "last layer only at [CLS] and masked positions (ours)": step(),
+                "last layer at every real token": step(
+                    bsteps.with_model_flags(base, prune_last_layer=False)
+                ),
+            }
+        elif name == "fast_dropout":
+            variants = {
+                "keep masks from 32-bit random integers (ours)": step(),
+                "bernoulli_ masks (torch.nn.Dropout)": step(
+                    bsteps.with_model_flags(base, fast_dropout=False)
+                ),
+            }
         elif name == "fused_qkv":
             variants = {
                 "fused QKV Linear(H, 3H) (ours)": step(),

@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -163,6 +164,7 @@ class SeparateQKVAttention(SelfAttention):
     def __init__(self, fused: SelfAttention) -> None:
         torch.nn.Module.__init__(self)
         self.n_head, self.attn_dropout, self.proj = fused.n_head, fused.attn_dropout, fused.proj
+        self.probs_dropout = fused.probs_dropout
         H = fused.proj.in_features
         self.q, self.k, self.v = (torch.nn.Linear(H, H) for _ in range(3))
         with torch.no_grad():
@@ -176,9 +178,23 @@ class SeparateQKVAttention(SelfAttention):
                 linear.bias.copy_(b)
         self.to(fused.qkv.weight.device)
 
-    def forward(self, x, mask, output_attentions=False):
-        y, probs = self.attend(self.q(x), self.k(x), self.v(x), mask, output_attentions)
+    def forward(self, x, mask, output_attentions=False, unpadded=None, rows=None):
+        q, k, v = self.q(x if rows is None else x[rows]), self.k(x), self.v(x)
+        if unpadded is not None:  # as SelfAttention.forward
+            at = None if rows is None else unpadded.index[rows]
+            q, k, v = unpadded.pad(q, at), unpadded.pad(k), unpadded.pad(v)
+        y, probs = self.attend(q, k, v, mask, output_attentions)
+        if unpadded is not None:
+            y = unpadded.unpad(y, at)
         return self.proj(y), probs
+
+
+def with_model_flags(module: PretrainingModule, **flags) -> PretrainingModule:
+    """A copy of `module` (same weights) whose model config has `flags` replaced."""
+    config = replace(module.model.config, **flags)
+    other = PretrainingModule.from_config(config, objective="mlm_nsp")
+    other.load_state_dict(module.state_dict())
+    return other.to(next(module.parameters()).device).train()
 
 
 def with_separate_qkv(module: PretrainingModule) -> PretrainingModule:

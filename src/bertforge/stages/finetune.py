@@ -12,6 +12,7 @@ with `finetune.export` a transformers BertForSequenceClassification in `hf/`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -38,7 +39,13 @@ from bertforge.data.tasks import TaskData, load_task, main_metric
 from bertforge.data.tokenizer import PAD, write_model_max_length
 from bertforge.errors import ConfigError
 from bertforge.files import write_json_atomic
-from bertforge.hf import export_hf, load_hf_state_dict, read_hf_checkpoint, resolve_hf_model
+from bertforge.hf import (
+    export_hf,
+    hf_export_refusal,
+    load_hf_state_dict,
+    read_hf_checkpoint,
+    resolve_hf_model,
+)
 from bertforge.lit.finetune import FinetuningModule
 from bertforge.lit.trainer import batch_plan, last_checkpoint, make_trainer, world_size
 from bertforge.model import BertConfig, BertForSequenceClassification
@@ -165,7 +172,7 @@ def build(ctx: BuildContext) -> dict[str, float]:
             report_predictions(task, outputs, seed, ctx.path, f.sample_predictions, loggers)
             if seed == f.seeds[0]:  # the first seed's model is the one kept
                 keep_model(model, task, start, ctx.path, f.export)
-                if f.export:
+                if (ctx.path / HF_DIR).is_dir():  # exported
                     loggers.log_artifact(ctx.path / HF_DIR, f"finetune-{ctx.hash}", "model")
             if seed == f.seeds[-1]:  # the summary goes into the last seed's run
                 summary = write_results(rows, task.name, start.name, ctx.path)
@@ -272,6 +279,9 @@ def keep_model(
     save_model(model, out_dir, labels)
     start.tokenizer.save(str(out_dir / "tokenizer.json"))  # for extraction
     if not export:
+        return
+    if reason := hf_export_refusal(model.config):
+        logging.getLogger(__name__).warning("finetune.export skipped: %s", reason)
         return
     hf_dir = out_dir / HF_DIR
     export_hf(model, model.config, hf_dir)

@@ -32,7 +32,13 @@ from bertforge.data.pretraining import (
 )
 from bertforge.data.tokenizer import write_model_max_length
 from bertforge.errors import ConfigError
-from bertforge.hf import export_hf, load_hf_state_dict, read_hf_checkpoint, resolve_hf_model
+from bertforge.hf import (
+    export_hf,
+    hf_export_refusal,
+    load_hf_state_dict,
+    read_hf_checkpoint,
+    resolve_hf_model,
+)
 from bertforge.lit.pretrain import PretrainingModule
 from bertforge.lit.snapshots import EncoderSnapshots
 from bertforge.lit.trainer import batch_plan, last_checkpoint, make_trainer
@@ -146,7 +152,11 @@ def build(ctx: BuildContext) -> dict[str, float]:
 
         save_model(module.model, ctx.path)
         export_dir = ctx.path / HF_DIR
-        export_hf(module.model, bert_config, export_dir)
+        if reason := hf_export_refusal(bert_config):  # hf/ then holds the tokenizer only
+            export_dir.mkdir(parents=True, exist_ok=True)
+            log.warning("no HF export: %s", reason)
+        else:
+            export_hf(module.model, bert_config, export_dir)
         for name in TOKENIZER_FILES:
             shutil.copy2(tokenizer_artifact.path / name, export_dir / name)
         write_model_max_length(export_dir, bert_config.max_position_embeddings)
