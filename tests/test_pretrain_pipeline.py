@@ -131,9 +131,13 @@ def golden_losses(outputs: Path, monkeypatch) -> list[float]:
 
     fixed = Tokenizer.from_file(str(GOLDEN_TOKENIZER))
     monkeypatch.setattr(bertforge.stages.tokenizer, "train_tokenizer", lambda texts, cfg: fixed)
+    # the golden was recorded with torch's dropout on the padded batch: the speed switches that
+    # draw other dropout masks (unpad, fast_dropout) are off; tests/test_model.py shows that
+    # they change nothing else (same outputs and gradients without dropout)
     cfg = compose(
         *TINY, "pretrain.max_steps=10", "pretrain.val_check_interval=10",
-        "trainer.log_every_n_steps=1", outputs=outputs,
+        "trainer.log_every_n_steps=1", "model.unpad=false", "model.fast_dropout=false",
+        outputs=outputs,
     )  # fmt: skip
     artifact = Pipeline(cfg).artifact("pretrain")
     rows = (artifact.path / "logs" / "metrics.csv").read_text().splitlines()
