@@ -129,22 +129,23 @@ def test_trapezoidal_warms_up_holds_then_decays_over_the_last_share():
     assert factors("trapezoidal", 10, 100, decay=90) == pytest.approx(factors("linear", 10, 100))
 
 
-@pytest.mark.parametrize(("warmup", "total"), [(10, 100), (30, 100), (0, 50)])
+@pytest.mark.parametrize(("warmup", "total"), [(10, 100), (30, 100)])
 def test_one_cycle_is_torchs_one_cycle_lr(warmup, total):
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.AdamW([param], lr=1.0)
-    reference = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=1.0, total_steps=total, pct_start=warmup / total, cycle_momentum=False
-    )
-    expected = []
+    from bertforge.lit.optim import configure_adamw
+
+    model = torch.nn.Linear(2, 2)
+    scheduler = configure_adamw(
+        model, lr=2.0, weight_decay=0.0, betas=(0.9, 0.98), eps=1e-6, warmup_steps=warmup,
+        total_steps=total, schedule="one_cycle",
+    )["lr_scheduler"]["scheduler"]  # fmt: skip
+    assert isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
+    lrs = []
     for _ in range(total):
-        expected.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        reference.step()
-    f = factors("one_cycle", warmup, total)
-    assert f[:total] == pytest.approx(expected, rel=1e-9, abs=1e-12)
-    assert f[0] == pytest.approx(1 / 25) or warmup == 0
-    assert max(f) == pytest.approx(1.0, abs=1e-3) and f[total - 1] == pytest.approx(1 / 25e4)
+        lrs.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(2.0 / 25) and max(lrs) == pytest.approx(2.0, rel=1e-3)
+    assert lrs.index(max(lrs)) == warmup - 1 and lrs[-1] == pytest.approx(2.0 / 25e4)
 
 
 def test_the_schedule_reaches_the_optimizer():

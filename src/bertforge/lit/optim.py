@@ -3,7 +3,6 @@ linear decay, trapezoidal, one-cycle); the gradient norm both training modules l
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import lightning.pytorch as pl
@@ -51,38 +50,16 @@ def trapezoidal_factor(
     return factor
 
 
-def one_cycle_factor(
-    warmup_steps: int, total_steps: int, div_factor: float = 25.0, final_div_factor: float = 1e4
-) -> Callable[[int], float]:
-    """torch's `OneCycleLR` (Smith & Topin 2018) with `anneal_strategy="cos"`, `pct_start =
-    warmup_steps / total_steps` and its default divisors, as an LR factor: a cosine rise from
-    1/div_factor to 1 at step warmup_steps - 1, then a cosine fall to 1/(div_factor *
-    final_div_factor) at the last step (momentum is not cycled)."""
-    start, floor = 1 / div_factor, 1 / (div_factor * final_div_factor)
-    peak, last = warmup_steps - 1, total_steps - 1
-
-    def cosine(high: float, low: float, share: float) -> float:
-        return low + (high - low) / 2 * (1 + math.cos(math.pi * min(share, 1.0)))
-
-    def factor(step: int) -> float:
-        if step <= peak:
-            return cosine(start, 1.0, step / peak) if peak > 0 else 1.0
-        return cosine(1.0, floor, (step - peak) / max(1, last - peak))
-
-    return factor
-
-
 SCHEDULES = ("linear", "trapezoidal", "one_cycle")
 
 
 def lr_factor(
     schedule: str, warmup_steps: int, total_steps: int, decay_steps: int = 0
 ) -> Callable[[int], float]:
-    """The LR factor at each optimizer step of `schedule` (one of SCHEDULES)."""
+    """The LR factor at each optimizer step of `schedule` (linear or trapezoidal; one_cycle is
+    torch's own scheduler, see `configure_adamw`)."""
     if schedule == "trapezoidal":
         return trapezoidal_factor(warmup_steps, total_steps, decay_steps)
-    if schedule == "one_cycle":
-        return one_cycle_factor(warmup_steps, total_steps)
     return linear_factor(warmup_steps, total_steps)
 
 
@@ -104,8 +81,15 @@ def configure_adamw(
     optimizer = torch.optim.AdamW(
         adamw_param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, fused=fused
     )
-    factor = lr_factor(schedule, warmup_steps, total_steps, decay_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if schedule == "one_cycle":  # Smith & Topin 2018: cosine rise from lr/25 over the warmup,
+        # cosine fall to lr/25e4 (momentum is not cycled)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=total_steps, pct_start=warmup_steps / total_steps,
+            cycle_momentum=False,
+        )  # fmt: skip
+    else:
+        factor = lr_factor(schedule, warmup_steps, total_steps, decay_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
