@@ -324,6 +324,18 @@ def spread(rows: list, n: int) -> list:
     return [rows[i * len(rows) // n] for i in range(n)]
 
 
+def split_of(task: TaskData, split: str, key: str, cap: int | None = None) -> list[Example]:
+    """The examples of `split` (the setting `key` names it), evenly capped at `cap` (`spread`);
+    a DataError naming the task's splits when it has no such split."""
+    if split not in task.splits:
+        raise DataError(
+            f"{key}={split} is not a split of task {task.name}; "
+            f"choose one of {', '.join(task.splits)}"
+        )
+    examples = task.splits[split]
+    return spread(examples, cap) if cap else examples
+
+
 def load_task(cfg: TaskConfig) -> TaskData:
     """Load every split of the task `cfg.name`: the train split reduced to the low-resource
     subset of `cfg.train_per_class` / `cfg.max_train_examples`, then every split capped at

@@ -40,7 +40,7 @@ from bertforge.analysis.evolution import (
 from bertforge.analysis.layouts import layout_quality
 from bertforge.artifacts import Encoder, snapshot_encoder, snapshot_steps
 from bertforge.config import EvolutionConfig, TaskConfig, VisualizeConfig
-from bertforge.data.tasks import get_task_spec, load_task, spread
+from bertforge.data.tasks import get_task_spec, load_task, split_of
 from bertforge.errors import ConfigError, DataError
 from bertforge.files import write_atomic, write_json_atomic
 from bertforge.pipeline.stage import BuildContext, Stage
@@ -69,13 +69,7 @@ def texts_of(s: Settings) -> tuple[list[str], list[str]]:
     """The texts of `evolution.split` (evenly capped at `evolution.max_examples`), labels."""
     e = s.evolution
     task = load_task(s.task)
-    if e.split not in task.splits:
-        raise DataError(
-            f"evolution.split={e.split} is not a split of task {task.name}; choose one of "
-            f"{', '.join(task.splits)}"
-        )
-    examples = task.splits[e.split]
-    examples = spread(examples, e.max_examples) if e.max_examples else examples
+    examples = split_of(task, e.split, "evolution.split", e.max_examples)
     if len(examples) < 4:
         raise DataError(
             f"evolution.split={e.split} of task {task.name} has {len(examples)} texts; "

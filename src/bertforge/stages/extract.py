@@ -11,7 +11,7 @@ from bertforge.analysis.embed import extract_sentence_embeddings, extract_word_e
 from bertforge.artifacts import SENTENCES, WORDS, encoder_of, encoder_record, hf_encoder
 from bertforge.config import CorpusConfig, ExtractConfig, TaskConfig
 from bertforge.data.corpus import load_documents
-from bertforge.data.tasks import load_task, spread
+from bertforge.data.tasks import load_task, split_of, spread
 from bertforge.errors import DataError
 from bertforge.pipeline.stage import BuildContext, Stage
 
@@ -39,13 +39,7 @@ def texts_to_embed(s: Settings) -> tuple[list[str], list[str] | None, list[dict[
     e = s.extract
     if s.task is not None:
         task = load_task(s.task)
-        if e.split not in task.splits:
-            raise DataError(
-                f"extract.split={e.split} is not a split of task {task.name}; "
-                f"choose one of {', '.join(task.splits)}"
-            )
-        examples = task.splits[e.split]
-        examples = spread(examples, e.max_examples) if e.max_examples else examples
+        examples = split_of(task, e.split, "extract.split", e.max_examples)
         names = task.label_names
         texts = [x.text_a for x in examples]
         pairs = [x.text_b or "" for x in examples] if any(x.text_b for x in examples) else None
