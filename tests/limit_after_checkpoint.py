@@ -43,7 +43,10 @@ def main() -> None:
     )
     watcher.start()
     sys.argv = [str(REPO / "pipelines" / script), *overrides]
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    finally:  # a fast run can fail its next write before the watcher has printed the digest
+        watcher.join(timeout=30)
 
 
 if __name__ == "__main__":
