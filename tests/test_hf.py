@@ -411,11 +411,18 @@ def test_tokenizer_without_bert_special_tokens_is_an_error(tmp_path):
         read_hf_checkpoint(tmp_path)
 
 
-def test_pre_layernorm_export_is_refused_in_one_line(tmp_path):
-    cfg = tiny_config(pre_layernorm=True)
-    with pytest.raises(CheckpointError, match="pre_layernorm=true cannot be exported") as err:
+@pytest.mark.parametrize(
+    "switch, match",
+    [
+        ({"relative_attention_buckets": 8}, "relative_attention_buckets=8 cannot be exported"),
+        ({"pre_layernorm": True}, "pre_layernorm=true cannot be exported"),
+    ],
+)
+def test_variant_export_is_refused_in_one_line(tmp_path, switch, match):
+    cfg = tiny_config(**switch)
+    with pytest.raises(CheckpointError, match=match) as err:
         export_hf(BertForPreTraining(cfg), cfg, tmp_path / "hf")
     assert "\n" not in str(err.value) and "our own checkpoints" in str(err.value)
     assert not (tmp_path / "hf").exists()
-    with pytest.raises(CheckpointError, match="post-LayerNorm blocks only"):
+    with pytest.raises(CheckpointError, match=match):
         bert_config_to_hf_dict(cfg)

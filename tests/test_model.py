@@ -222,13 +222,17 @@ def forward_backward(model, batch):
     return out, grads
 
 
-@pytest.mark.parametrize("pre_layernorm", [False, True])
+@pytest.mark.parametrize(
+    "variant", [{}, {"pre_layernorm": True}, {"relative_attention_buckets": 8}]
+)
 @pytest.mark.parametrize("prune", [True, False])
-def test_unpadded_pretraining_gives_padded_outputs_and_gradients(pre_layernorm, prune):
-    drop = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    config = tiny_config(pre_layernorm=pre_layernorm, prune_last_layer=prune, **drop)
+def test_unpadded_pretraining_gives_padded_outputs_and_gradients(variant, prune):
+    drop = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **variant)
+    config = tiny_config(prune_last_layer=prune, **drop)
     unpadded = BertForPreTraining(config).train()
-    padded = BertForPreTraining(tiny_config(pre_layernorm=pre_layernorm, unpad=False, **drop))
+    if config.relative_attention_buckets:  # a bias that is not zero, to be compared
+        torch.nn.init.normal_(unpadded.bert.relative_bias.bias.weight)
+    padded = BertForPreTraining(tiny_config(unpad=False, **drop))
     padded.load_state_dict(unpadded.state_dict())
     batch = pretraining_batch()
     (a, grads_a), (b, grads_b) = forward_backward(unpadded, batch), forward_backward(padded, batch)
@@ -274,4 +278,51 @@ def test_dropout_keeps_probability_and_expectation(fast):
 
 def test_new_model_switches_enter_the_hash():
     view = hashed_view(BertConfig(), fingerprint=None)
-    assert {"pre_layernorm", "unpad", "prune_last_layer", "fast_dropout"} <= view.keys()
+    switches = {"pre_layernorm", "unpad", "prune_last_layer", "fast_dropout"}
+    assert switches | {"relative_attention_buckets", "relative_attention_max_distance"} <= view.keys()
+
+
+def test_relative_position_buckets_are_t5s():
+    bias = BertModel(tiny_config(relative_attention_buckets=16, max_position_embeddings=256))
+    buckets = bias.relative_bias.buckets(200, torch.device("cpu"))  # (query, key)
+    left, right = buckets[199], buckets[0]  # keys left of the last query, right of the first
+    assert left[199 - torch.arange(4)].tolist() == [0, 1, 2, 3]  # offsets 0..3: exact
+    assert right[1:4].tolist() == [9, 10, 11]  # right half starts at 8 (+0 is in the left)
+    assert left[199 - 4] == 4 and right[4] == 12  # first logarithmic bucket
+    assert left[199 - 127] == 7 and left[0] == 7 and right[199] == 15  # >= max_distance: last
+    assert bool((left.diff() <= 0).all()) and bool((right.diff() >= 0).all())  # monotone
+    assert buckets[10, 15] == buckets[15, 10] + 8  # +5 and -5: same distance, other half
+
+
+def test_relative_bias_starts_at_zero_and_learns_at_first_order():
+    config = tiny_config(relative_attention_buckets=8, attention_probs_dropout_prob=0.0)
+    model = BertForPreTraining(config).train()
+    plain = BertForPreTraining(tiny_config(attention_probs_dropout_prob=0.0)).train()
+    state = {k: v for k, v in model.state_dict().items() if "relative_bias" not in k}
+    plain.load_state_dict(state)
+    ids, types, mask, masked = pretraining_batch()
+    torch.manual_seed(0)
+    out = model(ids, types, mask, masked)
+    torch.manual_seed(0)
+    torch.testing.assert_close(out.mlm_logits, plain(ids, types, mask, masked).mlm_logits)
+    out.mlm_logits.logsumexp(-1).sum().backward()  # a zero bias still gets a gradient
+    grad = model.bert.relative_bias.bias.weight.grad
+    assert grad.shape == (8, 4) and grad.abs().sum() > 0
+    probs = model.bert.eval()(ids, types, mask, output_attentions=True).attentions
+    assert all(p.shape == (4, 4, 9, 9) for p in probs)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"relative_attention_buckets": 7}, "must be 0 .off. or an even number >= 4"),
+        ({"relative_attention_buckets": 2}, "must be 0 .off. or an even number >= 4"),
+        (
+            {"relative_attention_buckets": 32, "relative_attention_max_distance": 8},
+            "relative_attention_max_distance=8 must exceed",
+        ),
+    ],
+)
+def test_relative_bias_config_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(**overrides)

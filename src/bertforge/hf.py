@@ -218,13 +218,24 @@ def load_hf_state_dict(model, sd: dict[str, torch.Tensor], require_heads: bool =
 # ----------------------------------------------------------------------------- configs
 
 
+_OWN_CHECKPOINTS_WORK = (
+    "our own checkpoints (model.safetensors + model_config.json, Lightning .ckpt) still work "
+    "for finetune, extract and visualize"
+)
+
+
 def hf_export_refusal(cfg: BertConfig) -> str | None:
     """Why transformers' BERT cannot represent `cfg` (one line), or None when it can."""
     if cfg.pre_layernorm:
         return (
             "model.pre_layernorm=true cannot be exported to transformers: HF BertModel has "
-            "post-LayerNorm blocks only; our own checkpoints (model.safetensors + "
-            "model_config.json, Lightning .ckpt) still work for finetune, extract and visualize"
+            f"post-LayerNorm blocks only; {_OWN_CHECKPOINTS_WORK}"
+        )
+    if cfg.relative_attention_buckets:
+        return (
+            f"model.relative_attention_buckets={cfg.relative_attention_buckets} cannot be "
+            "exported to transformers: HF BertModel has no T5-style relative attention bias; "
+            f"{_OWN_CHECKPOINTS_WORK}"
         )
     return None
 

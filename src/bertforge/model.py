@@ -3,7 +3,8 @@
 Follows the original BERT (Devlin et al., 2019) and is weight-compatible with Hugging Face's
 ``BertModel`` / ``BertForPreTraining`` (see ``bertforge.hf``). The only structural difference is
 that the query, key and value projections are fused into a single ``Linear(H, 3H)``.
-``pre_layernorm=True`` switches to pre-LN blocks (Xiong et al., 2020), which HF BERT cannot load.
+``pre_layernorm=True`` switches to pre-LN blocks (Xiong et al., 2020) and
+``relative_attention_buckets > 0`` adds T5's relative position bias: HF BERT loads neither.
 
 Two speed-ups leave the maths unchanged: pretraining runs the token-wise layers on the real tokens
 only (``unpad``, as MosaicBERT; attention re-pads), and on CPU dropout draws its keep mask from
@@ -53,6 +54,10 @@ class BertConfig:
     prune_last_layer: bool = True  # pretraining + unpad: the last layer computes only the
     # outputs the heads read ([CLS] and masked positions); the others are never used
     fast_dropout: bool = True  # CPU: keep masks from 32-bit random integers (same probability)
+    # > 0: a learned bias per head and relative distance (bucketed, T5: Raffel et al. 2020)
+    # added to every layer's attention scores, besides the absolute positions; not HF's
+    relative_attention_buckets: int = 0
+    relative_attention_max_distance: int = 128  # distances beyond share the last bucket
     name: str = field(default="bert_tiny", compare=False)  # the preset: titles, run names
 
     def __post_init__(self) -> None:
@@ -69,9 +74,22 @@ class BertConfig:
             "max_position_embeddings",
             "type_vocab_size",
             "num_labels",
+            "relative_attention_max_distance",
         ):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be a positive integer")
+        buckets = self.relative_attention_buckets
+        if buckets != 0 and (buckets < 4 or buckets % 2):
+            raise ConfigError(
+                f"model.relative_attention_buckets={buckets} must be 0 (off) or an even number "
+                ">= 4 (half per direction; T5 uses 32)"
+            )
+        if buckets and self.relative_attention_max_distance <= buckets // 4:
+            raise ConfigError(
+                f"model.relative_attention_max_distance={self.relative_attention_max_distance} "
+                f"must exceed model.relative_attention_buckets / 4 = {buckets // 4} (the exact "
+                "offsets); T5 uses 128"
+            )
         if self.hidden_size % self.num_attention_heads != 0:
             raise ConfigError(
                 f"model.hidden_size={self.hidden_size} is not divisible by "
@@ -216,6 +234,40 @@ class Embeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
+class RelativePositionBias(nn.Module):
+    """T5's relative attention bias (Raffel et al., 2020): a learned scalar per head and bucket
+    of the key's offset from the query, added to every layer's attention scores. Half of the
+    buckets hold keys to the left (and the query itself), half keys to the right; in each half,
+    the first half are the exact offsets, the rest grow logarithmically up to `max_distance`.
+
+    Zero at the start (the model starts as plain BERT). Unlike learned absolute positions, whose
+    effect on a score is a product of query and key weights that are both small at init, a
+    bias's gradient is first order: heads can attend to their neighbours from the first steps.
+    """
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.num_buckets = config.relative_attention_buckets
+        self.max_distance = config.relative_attention_max_distance
+        self.bias = nn.Embedding(self.num_buckets, config.num_attention_heads)
+
+    def buckets(self, T: int, device: torch.device) -> torch.Tensor:
+        """(T, T) bucket of each (query, key) pair."""
+        pos = torch.arange(T, device=device)
+        offset = pos[None, :] - pos[:, None]  # (T, T) key - query
+        half = self.num_buckets // 2
+        exact = half // 2
+        distance = offset.abs()
+        scale = (half - exact) / math.log(self.max_distance / exact)
+        far = exact + (torch.log(distance.clamp(min=1) / exact) * scale).long()
+        near_or_far = torch.where(distance < exact, distance, far.clamp(max=half - 1))
+        return (offset > 0).long() * half + near_or_far
+
+    def forward(self, T: int, device: torch.device) -> torch.Tensor:
+        """The additive bias, (1, nh, T, T)."""
+        return self.bias(self.buckets(T, device)).permute(2, 0, 1).unsqueeze(0)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused QKV projection."""
 
@@ -236,7 +288,8 @@ class SelfAttention(nn.Module):
         unpadded: Unpadded | None = None,
         rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, H), or (N, H) with `unpadded`; mask: additive (B, 1, 1, T) or None.
+        """x: (B, T, H), or (N, H) with `unpadded`; mask: additive, (B, 1, 1, T) or with a
+        relative position bias (B, nh, T, T), or None.
         Returns (y shaped as x, or (R, H) for queries at `rows` only; probs or None)."""
         H = x.size(-1)
         if rows is None:
@@ -338,11 +391,16 @@ class BertModel(nn.Module):
             raise ConfigError("BertConfig.vocab_size is not set; take it from the tokenizer")
         self.config = config
         self.embeddings = Embeddings(config)
+        self.relative_bias = None  # shared by the layers, as in T5
+        if config.relative_attention_buckets:
+            self.relative_bias = RelativePositionBias(config)
         self.layers = nn.ModuleList([Block(config) for _ in range(config.num_hidden_layers)])
         if config.pre_layernorm:  # pre-LN blocks leave the residual stream un-normalised
             self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.apply(lambda m: init_weights(m, config.initializer_range))
+        if self.relative_bias is not None:
+            nn.init.zeros_(self.relative_bias.bias.weight)
 
     def forward(
         self,
@@ -373,6 +431,9 @@ class BertModel(nn.Module):
             padding = ~attention_mask.bool().view(B, 1, 1, T)
             mask = torch.zeros(padding.shape, dtype=x.dtype, device=x.device)
             mask = mask.masked_fill(padding, torch.finfo(x.dtype).min)  # (B, 1, 1, T)
+        if self.relative_bias is not None:
+            bias = self.relative_bias(T, x.device).to(x.dtype)  # (1, nh, T, T)
+            mask = bias if mask is None else mask + bias  # (B, nh, T, T)
         hidden_states = [x]
         attentions = []
         for i, layer in enumerate(self.layers):
