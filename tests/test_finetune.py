@@ -131,6 +131,20 @@ def test_export_matches_transformers_logits(bbc):
     assert tokenizer("Shares fell sharply.")["input_ids"] == rows[0]["input_ids"]
 
 
+def test_finetune_dropout_overrides_the_encoders(outputs, bbc):
+    """finetune.dropout: the fine-tuned model's dropout, whatever the pretraining used."""
+    artifact = finetune(outputs, "finetune.seeds=[1,2]", "finetune.dropout=0.25")
+    assert artifact.path != bbc.path  # the setting enters the finetune hash
+    _, config, _ = load_finetuned(artifact)
+    assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob) == (0.25, 0.25)
+    pretrain = Pipeline(compose(*TINY, outputs=outputs)).artifact("pretrain")
+    pretrained = json.loads((pretrain.path / "model_config.json").read_text())
+    assert pretrained["hidden_dropout_prob"] == 0.1  # the encoder's own is untouched
+    assert load_finetuned(bbc)[1].hidden_dropout_prob == 0.1  # null: the encoder's
+    with pytest.raises(ConfigError, match=r"finetune.dropout=1.5 must lie in \[0, 1\)"):
+        compose("finetune.dropout=1.5")
+
+
 def test_random_init_depends_on_the_tokenizer_only(outputs):
     artifact = finetune(outputs, "finetune.init=random")
     assert set(artifact.manifest["upstream"]) == {"tokenizer"}

@@ -256,6 +256,9 @@ class FinetuneConfig:
     gradient_clip_val: float = 1.0
     max_seq_length: int = 128  # tokens incl. [CLS]/[SEP]; pairs trim the longer segment first
     early_stopping_patience: int = 2  # validations without a better score before stopping
+    # Dropout of the fine-tuned model (hidden and attention); None: the encoder's own. Lets a
+    # recipe pretrain without dropout (Cramming) and fine-tune with BERT's 0.1
+    dropout: float | None = None
     micro_batch_size: int | None = watch_only(None)  # per device and step; accumulates
     num_workers: int = watch_only(0)
     sample_predictions: int = watch_only(32)  # rows of the W&B sample-prediction table
@@ -276,6 +279,10 @@ class FinetuneConfig:
             raise ConfigError("finetune.global_batch_size must be >= 1")
         if self.max_seq_length < 4:
             raise ConfigError(f"finetune.max_seq_length={self.max_seq_length} must be >= 4")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(
+                f"finetune.dropout={self.dropout} must lie in [0, 1) (or null: the encoder's)"
+            )
         check_positive("finetune.lr", self.lr)
         check_share("finetune.warmup_ratio", self.warmup_ratio)
 

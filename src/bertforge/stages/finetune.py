@@ -94,14 +94,16 @@ class StartingPoint:
 def starting_point(ctx: BuildContext, task: TaskData) -> StartingPoint:
     """Our pretrained encoder, an HF checkpoint, or a random model, with a head for `task`."""
     s: Settings = ctx.settings
-    head = {
+    overrides = {
         "num_labels": task.num_labels,
         "problem_type": "regression" if task.task_type == "regression" else "classification",
     }
+    if (dropout := s.finetune.dropout) is not None:  # else the encoder's own
+        overrides |= {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     if s.finetune.init == "hf":
         directory = resolve_hf_model(s.finetune.hf_model)
         state_dict, config = read_hf_checkpoint(directory)
-        config = replace(config, **head)
+        config = replace(config, **overrides)
         classifier = state_dict.get("classifier.weight")
         if classifier is not None and classifier.shape[0] != task.num_labels:  # another task's
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
@@ -127,7 +129,9 @@ def starting_point(ctx: BuildContext, task: TaskData) -> StartingPoint:
         config, encoder = replace(s.model, **vocab), None
         name, trained, tokenizer_dir = f"random {s.model.name}", None, artifact.path
     tokenizer = tokenizer_of(artifact)
-    return StartingPoint(replace(config, **head), encoder, tokenizer, tokenizer_dir, name, trained)
+    return StartingPoint(
+        replace(config, **overrides), encoder, tokenizer, tokenizer_dir, name, trained
+    )
 
 
 def report_splits(task: TaskData) -> dict[str, str]:
