@@ -146,6 +146,8 @@ def test_one_cycle_is_torchs_one_cycle_lr(warmup, total):
         scheduler.step()
     assert lrs[0] == pytest.approx(2.0 / 25) and max(lrs) == pytest.approx(2.0, rel=1e-3)
     assert lrs.index(max(lrs)) == warmup - 1 and lrs[-1] == pytest.approx(2.0 / 25e4)
+    with pytest.raises(ValueError, match="no factor for schedule 'one_cycle'"):
+        lr_factor("one_cycle", warmup, total)  # torch's scheduler, never a silent linear one
 
 
 def test_the_schedule_reaches_the_optimizer():

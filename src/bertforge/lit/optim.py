@@ -50,9 +50,6 @@ def trapezoidal_factor(
     return factor
 
 
-SCHEDULES = ("linear", "trapezoidal", "one_cycle")
-
-
 def lr_factor(
     schedule: str, warmup_steps: int, total_steps: int, decay_steps: int = 0
 ) -> Callable[[int], float]:
@@ -60,7 +57,9 @@ def lr_factor(
     torch's own scheduler, see `configure_adamw`)."""
     if schedule == "trapezoidal":
         return trapezoidal_factor(warmup_steps, total_steps, decay_steps)
-    return linear_factor(warmup_steps, total_steps)
+    if schedule == "linear":
+        return linear_factor(warmup_steps, total_steps)
+    raise ValueError(f"lr_factor has no factor for schedule {schedule!r} (linear, trapezoidal)")
 
 
 def configure_adamw(
