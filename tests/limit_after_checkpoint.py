@@ -31,7 +31,8 @@ def limit_once_checkpointed(outputs: Path, max_bytes: int) -> None:
     digest = None  # a rename already under way may still land: wait until the file holds still
     while digest != (digest := hashlib.sha256(found[0].read_bytes()).hexdigest()):
         time.sleep(0.05)
-    print(f"limited: {digest}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"limited: {digest}\n")  # one write: never split by the main thread's lines
+    sys.stderr.flush()
 
 
 def main() -> None:

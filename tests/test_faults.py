@@ -256,8 +256,8 @@ def test_a_full_disk_at_a_later_checkpoint_keeps_the_last_good_one_and_the_rerun
     (artifact,) = (outputs / "artifacts" / "pretrain").glob("[0-9a-f]*")
     checkpoint = artifact / "checkpoints" / "last.ckpt"
     # the watcher thread prints its digest once the file holds still: before or after the error
-    last = [line for line in failed.stderr.strip().splitlines() if not line.startswith("limited:")]
-    last = last[-1]
+    lines = failed.stderr.strip().splitlines()
+    *_, last = (line for line in lines if not line.startswith("limited:"))
     assert last.startswith(f"error: cannot write {checkpoint}: File too large;"), last
     assert "file size limit (ulimit -f) of 1 MB" in last and "not marked complete" in last
 
